@@ -1,0 +1,437 @@
+//! Layered settings: compiled-in `configs/default.toml` → optional `--config FILE` → environment
+//! `MEDEMBED__SECTION__KEY`.
+//!
+//! One [`Settings`] value is built at start and passed down; nothing reads the environment later.
+//! Every struct denies unknown fields, so a misspelt key fails at start with its name instead of
+//! being silently ignored. Secrets live in [`Secret`], whose `Debug` never prints the value, and
+//! may only come from the environment or a mounted file (`<key>_file`), never from a config file
+//! that ends up in a ConfigMap or a repository.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The compiled-in defaults: the single place where a default value is written down.
+pub const DEFAULT_TOML: &str = include_str!("../../../configs/default.toml");
+
+/// Environment variable prefix; sections and keys are separated by `__`.
+pub const ENV_PREFIX: &str = "MEDEMBED";
+
+/// Secret keys: (section, key). Each may instead be read from the file named by `<key>_file`.
+const SECRET_KEYS: &[(&str, &str)] = &[("queue", "amqp_password"), ("store", "secret_access_key")];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("config: {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+    #[error(
+        "config file {path}: `{key}` is a secret and must not be written in a config file; set \
+         MEDEMBED__{env_key} in the environment or point `{key}_file` at a mounted secret"
+    )]
+    SecretInFile {
+        path: PathBuf,
+        key: String,
+        env_key: String,
+    },
+    #[error("config: {key}_file: cannot read secret file {path}: {source}")]
+    SecretFile {
+        key: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = ConfigError> = std::result::Result<T, E>;
+
+/// A value that must never appear in logs or `Debug` output.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself; call only where it is handed to a client library.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("\"\"")
+        } else {
+            f.write_str("[redacted]")
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub queue: QueueSettings,
+    pub store: StoreSettings,
+    pub runner: RunnerSettings,
+    pub server: ServerSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueBackend {
+    Amqp,
+    Memory,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSettings {
+    pub backend: QueueBackend,
+    pub amqp_url: String,
+    pub amqp_password: Secret,
+    pub amqp_password_file: String,
+    pub prefix: String,
+    pub prefetch: u16,
+    pub max_attempts: u32,
+    pub retry_base_delay_ms: u64,
+    pub retry_max_delay_ms: u64,
+    pub delivery_limit: u32,
+    pub reconnect_initial_delay_ms: u64,
+    pub reconnect_max_delay_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    Local,
+    S3,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    pub backend: StoreBackend,
+    pub local_root: PathBuf,
+    pub bucket: String,
+    pub prefix: String,
+    pub endpoint: String,
+    pub region: String,
+    pub path_style: bool,
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    pub secret_access_key_file: String,
+    pub multipart_threshold_bytes: u64,
+    pub multipart_part_size_bytes: u64,
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunnerSettings {
+    pub drain_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub listen_addr: std::net::SocketAddr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub filter: String,
+}
+
+impl Settings {
+    /// Defaults → `file` (if any) → the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    /// As [`Settings::load`], with the environment given explicitly (tests, embedded mode).
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
+        if let Some(path) = file {
+            reject_secrets_in_file(path)?;
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}__")))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        let mut settings: Settings = builder.build()?.try_deserialize()?;
+        settings.read_secret_files()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn read_secret_files(&mut self) -> Result<()> {
+        read_secret_file(
+            "queue.amqp_password",
+            &self.queue.amqp_password_file,
+            &mut self.queue.amqp_password,
+        )?;
+        read_secret_file(
+            "store.secret_access_key",
+            &self.store.secret_access_key_file,
+            &mut self.store.secret_access_key,
+        )
+    }
+
+    fn validate(&self) -> Result<()> {
+        fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                reason: reason.into(),
+            }
+        }
+        let q = &self.queue;
+        if q.prefetch == 0 {
+            return Err(invalid("queue.prefetch", "must be at least 1"));
+        }
+        if q.max_attempts == 0 {
+            return Err(invalid("queue.max_attempts", "must be at least 1"));
+        }
+        if q.retry_base_delay_ms == 0 || q.retry_base_delay_ms > q.retry_max_delay_ms {
+            return Err(invalid(
+                "queue.retry_base_delay_ms",
+                "must be at least 1 and at most queue.retry_max_delay_ms",
+            ));
+        }
+        if q.delivery_limit == 0 {
+            return Err(invalid("queue.delivery_limit", "must be at least 1"));
+        }
+        if q.prefix.is_empty()
+            || !q
+                .prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(invalid(
+                "queue.prefix",
+                format!("{:?}: use letters, digits, '-', '_' and '.' only", q.prefix),
+            ));
+        }
+        if q.backend == QueueBackend::Amqp
+            && !q.amqp_url.starts_with("amqp://")
+            && !q.amqp_url.starts_with("amqps://")
+        {
+            return Err(invalid(
+                "queue.amqp_url",
+                format!(
+                    "{:?} is not an amqp:// or amqps:// URL",
+                    redact_url(&q.amqp_url)
+                ),
+            ));
+        }
+        let s = &self.store;
+        if s.backend == StoreBackend::S3 && s.bucket.is_empty() {
+            return Err(invalid("store.bucket", "must be set for the s3 backend"));
+        }
+        if s.multipart_part_size_bytes < 5 * 1024 * 1024 {
+            return Err(invalid(
+                "store.multipart_part_size_bytes",
+                "S3 requires at least 5 MiB (5242880)",
+            ));
+        }
+        if s.multipart_threshold_bytes < s.multipart_part_size_bytes {
+            return Err(invalid(
+                "store.multipart_threshold_bytes",
+                "must be at least store.multipart_part_size_bytes",
+            ));
+        }
+        if s.max_attempts == 0 {
+            return Err(invalid("store.max_attempts", "must be at least 1"));
+        }
+        if !s.access_key_id.is_empty() && s.secret_access_key.is_empty() {
+            return Err(invalid(
+                "store.secret_access_key",
+                "must be set when store.access_key_id is",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Replaces the password of a URL with `***` so that it can be logged.
+pub fn redact_url(url: &str) -> String {
+    if let Some((scheme, rest)) = url.split_once("://")
+        && let Some((userinfo, host)) = rest.split_once('@')
+        && let Some((user, _)) = userinfo.split_once(':')
+    {
+        return format!("{scheme}://{user}:***@{host}");
+    }
+    url.to_string()
+}
+
+fn read_secret_file(key: &str, path: &str, target: &mut Secret) -> Result<()> {
+    if path.is_empty() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+        key: key.to_string(),
+        path: PathBuf::from(path),
+        source,
+    })?;
+    *target = Secret::new(text.trim_end_matches(['\n', '\r']));
+    Ok(())
+}
+
+fn reject_secrets_in_file(path: &Path) -> Result<()> {
+    let file = config::Config::builder()
+        .add_source(config::File::from(path).required(true))
+        .build()?;
+    for (section, key) in SECRET_KEYS {
+        if file
+            .get::<String>(&format!("{section}.{key}"))
+            .is_ok_and(|v| !v.is_empty())
+        {
+            return Err(ConfigError::SecretInFile {
+                path: path.to_path_buf(),
+                key: format!("{section}.{key}"),
+                env_key: format!("{}__{}", section.to_uppercase(), key.to_uppercase()),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_load_and_match_the_documented_values() {
+        let s = Settings::load_with_env(None, env(&[])).expect("defaults load");
+        assert_eq!(s.queue.backend, QueueBackend::Amqp);
+        assert_eq!(s.queue.prefetch, 2);
+        assert_eq!(s.store.backend, StoreBackend::Local);
+        assert_eq!(s.runner.drain_timeout_secs, 30);
+    }
+
+    #[test]
+    fn environment_overrides_file_overrides_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[queue]\nprefetch = 7\nmax_attempts = 3\n").expect("write");
+        let s = Settings::load_with_env(Some(&path), env(&[("MEDEMBED__QUEUE__PREFETCH", "9")]))
+            .expect("load");
+        assert_eq!(s.queue.prefetch, 9, "env wins over the file");
+        assert_eq!(s.queue.max_attempts, 3, "file wins over the defaults");
+    }
+
+    #[test]
+    fn unknown_key_in_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[queue]\nprefetchh = 7\n").expect("write");
+        let err = Settings::load_with_env(Some(&path), env(&[])).expect_err("must fail");
+        assert!(err.to_string().contains("prefetchh"), "{err}");
+    }
+
+    #[test]
+    fn unknown_env_key_is_an_error_naming_it() {
+        let err = Settings::load_with_env(None, env(&[("MEDEMBED__STORE__BUCKETT", "x")]))
+            .expect_err("must fail");
+        assert!(err.to_string().contains("buckett"), "{err}");
+    }
+
+    #[test]
+    fn invalid_value_is_an_error_naming_the_key() {
+        let err = Settings::load_with_env(None, env(&[("MEDEMBED__QUEUE__PREFETCH", "lots")]))
+            .expect_err("must fail");
+        assert!(err.to_string().contains("queue.prefetch"), "{err}");
+        let err = Settings::load_with_env(None, env(&[("MEDEMBED__QUEUE__PREFETCH", "0")]))
+            .expect_err("must fail");
+        assert!(err.to_string().contains("queue.prefetch"), "{err}");
+        let err = Settings::load_with_env(None, env(&[("MEDEMBED__STORE__BACKEND", "ftp")]))
+            .expect_err("must fail");
+        assert!(err.to_string().contains("store.backend"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("MEDEMBED__STORE__SECRET_ACCESS_KEY", "hunter2-s3"),
+                ("MEDEMBED__STORE__ACCESS_KEY_ID", "GKabc"),
+                ("MEDEMBED__QUEUE__AMQP_PASSWORD", "hunter2-amqp"),
+            ]),
+        )
+        .expect("load");
+        assert_eq!(s.store.secret_access_key.expose(), "hunter2-s3");
+        let debug = format!("{s:?}");
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("[redacted]"));
+    }
+
+    #[test]
+    fn secret_in_config_file_is_refused_but_secret_file_works() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[store]\nsecret_access_key = \"oops\"\n").expect("write");
+        let err = Settings::load_with_env(Some(&path), env(&[])).expect_err("must fail");
+        assert!(err.to_string().contains("store.secret_access_key"), "{err}");
+        assert!(!err.to_string().contains("oops"), "{err}");
+
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "from-file\n").expect("write");
+        std::fs::write(
+            &path,
+            format!(
+                "[store]\nsecret_access_key_file = {:?}\n",
+                secret.display().to_string()
+            ),
+        )
+        .expect("write");
+        let s = Settings::load_with_env(Some(&path), env(&[])).expect("load");
+        assert_eq!(s.store.secret_access_key.expose(), "from-file");
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact_url("amqp://u:pw@h:5672/%2f"),
+            "amqp://u:***@h:5672/%2f"
+        );
+        assert_eq!(redact_url("amqp://u@h"), "amqp://u@h");
+    }
+}

@@ -1,0 +1,156 @@
+//! Object storage: one [`ObjectStore`] trait, an S3 implementation (AWS, MinIO, Garage) and a
+//! local-directory implementation for embedded mode.
+//!
+//! Keys are `/`-separated relative paths (`jobs/{job}/raw/part-00003.parquet`). Every stage writes
+//! to keys that are deterministic from (job, stage, part), so a redelivered task overwrites an object
+//! with the same content: correctness never depends on conditional writes (Garage ignores
+//! `If-None-Match`). A put either publishes the whole object or nothing: the local store writes a
+//! temp file and renames it; S3 makes an object visible only when its upload completes.
+
+mod local;
+mod s3;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub use local::LocalStore;
+pub use s3::S3Store;
+
+use crate::config::{StoreBackend, StoreSettings};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("object {key:?} not found")]
+    NotFound { key: String },
+    #[error("invalid object key {key:?}: {reason}")]
+    InvalidKey { key: String, reason: &'static str },
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("s3 {op} {key:?}: {message}")]
+    S3 {
+        op: &'static str,
+        key: String,
+        message: String,
+        retryable: bool,
+    },
+}
+
+impl StoreError {
+    /// Whether trying again later may succeed (a network or server hiccup), as opposed to a bad
+    /// key, a missing object or refused credentials.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StoreError::NotFound { .. } | StoreError::InvalidKey { .. } => false,
+            StoreError::Io { source, .. } => !matches!(
+                source.kind(),
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::InvalidInput
+            ),
+            StoreError::S3 { retryable, .. } => *retryable,
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Size and identity of a stored object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+}
+
+#[async_trait]
+pub trait ObjectStore: Send + Sync + std::fmt::Debug {
+    /// Writes the whole object; once this returns Ok the object is durable and readable.
+    async fn put(&self, key: &str, data: Bytes) -> Result<()>;
+    /// Reads the whole object; a missing key is [`StoreError::NotFound`].
+    async fn get(&self, key: &str) -> Result<Bytes>;
+    /// The object's metadata, or None if it does not exist.
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>>;
+    /// Every object whose key starts with `prefix`, sorted by key.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>>;
+    /// Removes the object; removing a missing object is not an error.
+    async fn delete(&self, key: &str) -> Result<()>;
+    /// Whether the store answers at all (for `/readyz`).
+    async fn ready(&self) -> bool;
+
+    /// Whether the object exists.
+    async fn exists(&self, key: &str) -> Result<bool> {
+        Ok(self.head(key).await?.is_some())
+    }
+}
+
+/// Opens the store the settings describe.
+pub async fn open(settings: &StoreSettings) -> Result<Arc<dyn ObjectStore>> {
+    Ok(match settings.backend {
+        StoreBackend::Local => Arc::new(LocalStore::new(&settings.local_root)?),
+        StoreBackend::S3 => Arc::new(S3Store::new(settings).await?),
+    })
+}
+
+/// Rejects keys that could escape the store's root or that S3 and a filesystem treat differently.
+pub(crate) fn validate_key(key: &str) -> Result<()> {
+    let invalid = |reason| {
+        Err(StoreError::InvalidKey {
+            key: key.to_string(),
+            reason,
+        })
+    };
+    if key.is_empty() {
+        return invalid("empty");
+    }
+    if key.len() > 1024 {
+        return invalid("longer than 1024 bytes");
+    }
+    if key.starts_with('/') || key.ends_with('/') {
+        return invalid("starts or ends with '/'");
+    }
+    if key.contains('\0') || key.contains('\\') {
+        return invalid("contains NUL or '\\'");
+    }
+    for segment in key.split('/') {
+        if segment.is_empty() || segment == "." || segment == ".." {
+            return invalid("has an empty, '.' or '..' segment");
+        }
+        if segment.starts_with(local::TEMP_MARKER) {
+            return invalid("uses the store's reserved temp-file prefix");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_that_escape_or_are_ambiguous_are_refused() {
+        for bad in [
+            "",
+            "/abs",
+            "a/../b",
+            "a//b",
+            "a/./b",
+            "dir/",
+            "a\\b",
+            "..",
+            "x/.medembed-tmp-1",
+        ] {
+            assert!(validate_key(bad).is_err(), "{bad:?} should be refused");
+        }
+        for good in [
+            "a",
+            "jobs/01J/raw/part-00001.parquet",
+            "ünïcödé/ключ/鍵.json",
+            "a b/c",
+        ] {
+            validate_key(good).expect(good);
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The broker restarts in the middle of a run; the worker reconnects by itself and every task
+//! completes. Alone in its test binary because it stops RabbitMQ for everyone on the machine
+//! (cargo runs test binaries one after another).
+
+use std::process::Command;
+use std::time::Duration;
+
+use medembed_e2e::{EchoTask, eventually, output_key, signal, spawn_worker, wait_exit};
+use medembed_pipeline::config::{QueueBackend, Settings, StoreBackend};
+use medembed_pipeline::messages::{self, JobId, TaskMessage};
+use medembed_pipeline::{queue, store, testing};
+
+fn rabbitmqctl(arg: &str) {
+    let status = Command::new("rabbitmqctl")
+        .arg("-q")
+        .arg(arg)
+        .status()
+        .expect("rabbitmqctl");
+    assert!(status.success(), "rabbitmqctl {arg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_reconnects_after_a_broker_restart() {
+    const TASKS: u32 = 100;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut env = testing::dev_env(
+        &testing::unique("restart"),
+        QueueBackend::Amqp,
+        StoreBackend::S3,
+        dir.path(),
+    );
+    env.push(("MEDEMBED__QUEUE__PREFETCH".into(), "2".into()));
+    let settings = Settings::load_with_env(None, env.clone()).expect("settings");
+    let queue = queue::open(&settings.queue).await.expect("queue");
+    let store = store::open(&settings.store).await.expect("store");
+    let job_id = JobId::new();
+    for part in 0..TASKS {
+        let task = EchoTask {
+            job_id,
+            part,
+            work_ms: 100,
+        };
+        queue
+            .publish(EchoTask::QUEUE, &messages::encode(&task))
+            .await
+            .expect("publish");
+    }
+    let log = dir.path().join("worker.log");
+    let mut worker = spawn_worker(&env, &log);
+    let count = || async { store.list("out/").await.map(|v| v.len()).unwrap_or(0) };
+    assert!(eventually(Duration::from_secs(60), || async { count().await >= 20 }).await);
+
+    rabbitmqctl("stop_app");
+    let stopped_at = count().await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    rabbitmqctl("start_app");
+
+    let all = eventually(Duration::from_secs(120), || async {
+        count().await >= TASKS as usize
+    })
+    .await;
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        all,
+        "only {} of {TASKS} after the restart; log:\n{log_text}",
+        count().await
+    );
+    assert!(
+        stopped_at < TASKS as usize,
+        "the restart must happen mid-run"
+    );
+    for part in 0..TASKS {
+        assert!(
+            store.exists(&output_key(part)).await.expect("exists"),
+            "part {part}"
+        );
+    }
+    assert!(log_text.contains("connected to the broker"), "{log_text}");
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            queue.depth(EchoTask::QUEUE).await.is_ok_and(|d| d == 0)
+        })
+        .await,
+        "tasks left in the queue"
+    );
+    signal(&worker, "TERM");
+    assert!(
+        wait_exit(&mut worker, Duration::from_secs(15))
+            .expect("exits")
+            .success()
+    );
+    queue.close().await;
+}
