@@ -62,14 +62,15 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// Starts the test-stage worker as a separate OS process with `env`.
-pub fn spawn_worker(env: &[(String, String)], log: &Path) -> Child {
+/// Starts a worker binary (`env!("CARGO_BIN_EXE_medembed-test-stage")` in a test) as a separate
+/// OS process with `env`, its log appended to `log`.
+pub fn spawn_worker(bin: &str, env: &[(String, String)], log: &Path) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .expect("log file");
-    Command::new(env!("CARGO_BIN_EXE_medembed-test-stage"))
+    Command::new(bin)
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("RUST_LOG", "info,lapin=warn")
         .stdout(Stdio::null())

@@ -6,6 +6,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use medembed_e2e::{EchoTask, eventually, output_key, signal, spawn_worker, wait_exit};
+const TEST_STAGE: &str = env!("CARGO_BIN_EXE_medembed-test-stage");
+
 use medembed_pipeline::config::{QueueBackend, Settings, StoreBackend};
 use medembed_pipeline::messages::{self, JobId, TaskMessage};
 use medembed_pipeline::{queue, store, testing};
@@ -46,7 +48,7 @@ async fn worker_reconnects_after_a_broker_restart() {
             .expect("publish");
     }
     let log = dir.path().join("worker.log");
-    let mut worker = spawn_worker(&env, &log);
+    let mut worker = spawn_worker(TEST_STAGE, &env, &log);
     let count = || async { store.list("out/").await.map(|v| v.len()).unwrap_or(0) };
     assert!(eventually(Duration::from_secs(60), || async { count().await >= 20 }).await);
 
@@ -75,7 +77,12 @@ async fn worker_reconnects_after_a_broker_restart() {
             "part {part}"
         );
     }
-    assert!(log_text.contains("connected to the broker"), "{log_text}");
+    // Once at start, at least once more after the restart.
+    let connects = log_text.matches("connected to the broker").count();
+    assert!(
+        connects >= 2,
+        "the worker never reconnected ({connects} connects); log:\n{log_text}"
+    );
     assert!(
         eventually(Duration::from_secs(30), || async {
             queue.depth(EchoTask::QUEUE).await.is_ok_and(|d| d == 0)

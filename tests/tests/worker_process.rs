@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use medembed_e2e::{
     EchoTask, eventually, free_port, http_get, output_key, signal, spawn_worker, wait_exit,
 };
+const TEST_STAGE: &str = env!("CARGO_BIN_EXE_medembed-test-stage");
+
 use medembed_pipeline::config::{QueueBackend, Settings, StoreBackend};
 use medembed_pipeline::messages::{self, JobId, TaskMessage};
 use medembed_pipeline::queue::{self, Queue};
@@ -83,7 +85,7 @@ async fn crash_safety_two_sigkills_lose_and_duplicate_nothing() {
     let s = setup("crash", &[("MEDEMBED__QUEUE__PREFETCH", "4")]).await;
     s.publish(0..TASKS, 30).await;
 
-    let mut worker = spawn_worker(&s.env, &s.log());
+    let mut worker = spawn_worker(TEST_STAGE, &s.env, &s.log());
     for kill_after in [40, 110] {
         let reached = eventually(Duration::from_secs(60), || async {
             s.outputs().await.len() >= kill_after
@@ -91,8 +93,13 @@ async fn crash_safety_two_sigkills_lose_and_duplicate_nothing() {
         .await;
         assert!(reached, "worker made no progress; log:\n{}", s.log_text());
         signal(&worker, "KILL");
+        let at_kill = s.outputs().await.len();
+        assert!(
+            at_kill < TASKS as usize,
+            "the kill must land mid-run ({at_kill} done)"
+        );
         wait_exit(&mut worker, Duration::from_secs(10)).expect("killed");
-        worker = spawn_worker(&s.env, &s.log());
+        worker = spawn_worker(TEST_STAGE, &s.env, &s.log());
     }
     let done = eventually(Duration::from_secs(120), || async {
         s.outputs().await.len() >= TASKS as usize
@@ -138,7 +145,7 @@ async fn sigterm_finishes_the_task_in_flight_and_exits_zero() {
     )
     .await;
     s.publish(0..1, 3000).await;
-    let mut worker = spawn_worker(&s.env, &s.log());
+    let mut worker = spawn_worker(TEST_STAGE, &s.env, &s.log());
     let in_flight = eventually(Duration::from_secs(30), || async {
         http_get(port, "/metrics")
             .is_ok_and(|(_, body)| body.contains("medembed_tasks_in_flight{stage=\"echo\"} 1"))
@@ -176,7 +183,7 @@ async fn metrics_of_a_running_worker_pass_promtool() {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let s = setup("metrics", &[("MEDEMBED__SERVER__LISTEN_ADDR", &addr)]).await;
-    let mut worker = spawn_worker(&s.env, &s.log());
+    let mut worker = spawn_worker(TEST_STAGE, &s.env, &s.log());
     s.publish(0..3, 10).await;
     let done = eventually(Duration::from_secs(30), || async {
         s.outputs().await.len() == 3
