@@ -12,6 +12,18 @@ use medembed_pipeline::config::{QueueBackend, Settings, StoreBackend};
 use medembed_pipeline::messages::{self, JobId, TaskMessage};
 use medembed_pipeline::{queue, store, testing};
 
+/// Starts the broker's app again when dropped, so a failing assertion cannot leave RabbitMQ
+/// stopped for the tests after this one.
+struct RestartGuard;
+
+impl Drop for RestartGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["-q", "start_app"])
+            .status();
+    }
+}
+
 fn rabbitmqctl(arg: &str) {
     let status = Command::new("rabbitmqctl")
         .arg("-q")
@@ -52,10 +64,12 @@ async fn worker_reconnects_after_a_broker_restart() {
     let count = || async { store.list("out/").await.map(|v| v.len()).unwrap_or(0) };
     assert!(eventually(Duration::from_secs(60), || async { count().await >= 20 }).await);
 
+    let guard = RestartGuard;
     rabbitmqctl("stop_app");
     let stopped_at = count().await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     rabbitmqctl("start_app");
+    drop(guard);
 
     let all = eventually(Duration::from_secs(120), || async {
         count().await >= TASKS as usize

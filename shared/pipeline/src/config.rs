@@ -435,3 +435,29 @@ mod tests {
         assert_eq!(redact_url("amqp://u@h"), "amqp://u@h");
     }
 }
+
+#[cfg(test)]
+mod shipped_files {
+    use super::*;
+
+    /// Every preset in configs/ loads: no unknown keys, no secrets, valid values.
+    #[test]
+    fn every_shipped_config_file_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).expect("configs/") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                // distributed.toml names an access key id; its secret comes from the environment.
+                let env = vec![(
+                    "MEDEMBED__STORE__SECRET_ACCESS_KEY".to_string(),
+                    "x".to_string(),
+                )];
+                Settings::load_with_env(Some(&path), env)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, 3, "default, embedded and distributed");
+    }
+}
