@@ -1,6 +1,10 @@
 //! [`RawArticle`]: one article as the fetcher extracts it, the same shape for PubMed and JATS.
 
+use std::io::BufRead;
+
 use serde::{Deserialize, Serialize};
+
+use crate::xml::{Element, Limits, RecordReader, XmlError};
 
 /// Which XML format an article came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,4 +114,46 @@ pub fn normalize_pmcid(id: &str) -> String {
         .or_else(|| id.strip_prefix("pmc"))
         .unwrap_or(id);
     format!("PMC{digits}")
+}
+
+/// Streams the articles of one XML document (PubMed or JATS), one [`RawArticle`] at a time.
+pub struct ArticleReader<R: BufRead> {
+    records: RecordReader<R>,
+    parse: fn(&Element) -> RawArticle,
+}
+
+impl<R: BufRead> std::fmt::Debug for ArticleReader<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArticleReader")
+            .field("records", &self.records)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: BufRead> ArticleReader<R> {
+    /// PubMed XML: `PubmedArticleSet`, `MedlineCitationSet`. `source_name` names it in errors.
+    pub fn pubmed(input: R, source_name: impl Into<String>, limits: Limits) -> Self {
+        Self {
+            records: RecordReader::new(input, source_name, crate::pubmed::RECORDS, limits),
+            parse: crate::pubmed::parse_record,
+        }
+    }
+
+    /// JATS: `pmc-articleset`, a single `.nxml` article, OAI-PMH records.
+    pub fn jats(input: R, source_name: impl Into<String>, limits: Limits) -> Self {
+        Self {
+            records: RecordReader::new(input, source_name, crate::jats::RECORDS, limits),
+            parse: crate::jats::parse_article,
+        }
+    }
+}
+
+impl<R: BufRead> Iterator for ArticleReader<R> {
+    type Item = Result<RawArticle, XmlError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.records
+            .next_record()
+            .transpose()
+            .map(|r| r.map(|e| (self.parse)(&e)))
+    }
 }

@@ -1,12 +1,10 @@
 //! JATS XML (PMC): efetch `pmc-articleset`, single `.nxml` files of the PMC OA packages, and
 //! OAI-PMH `GetRecord` responses. Each `<article>` is one record wherever it sits.
 
-use std::io::BufRead;
-
 use crate::article::{RawArticle, Reference, Section, SourceFormat, format_date, normalize_pmcid};
-use crate::xml::{Element, Limits, RecordReader, XmlError};
+use crate::xml::Element;
 
-const RECORDS: &[&str] = &["article"];
+pub(crate) const RECORDS: &[&str] = &["article"];
 
 /// Left out of body text: they are not prose, or repeat what the text says.
 const NOT_PROSE: &[&str] = &[
@@ -19,30 +17,6 @@ const NOT_PROSE: &[&str] = &[
     "graphic",
     "media",
 ];
-
-/// Streams the articles of a JATS document.
-#[derive(Debug)]
-pub struct JatsReader<R: BufRead> {
-    records: RecordReader<R>,
-}
-
-impl<R: BufRead> JatsReader<R> {
-    pub fn new(input: R, source_name: impl Into<String>, limits: Limits) -> Self {
-        Self {
-            records: RecordReader::new(input, source_name, RECORDS, limits),
-        }
-    }
-}
-
-impl<R: BufRead> Iterator for JatsReader<R> {
-    type Item = Result<RawArticle, XmlError>;
-    fn next(&mut self) -> Option<Self::Item> {
-        self.records
-            .next_record()
-            .transpose()
-            .map(|r| r.map(|e| parse_article(&e)))
-    }
-}
 
 /// A section: its title apart, its text without the title and non-prose parts.
 fn section_of(sec: &Element) -> Section {

@@ -10,4 +10,4 @@ pub mod jats;
 pub mod pubmed;
 pub mod xml;
 
-pub use article::{MeshHeading, RawArticle, Reference, Section, SourceFormat};
+pub use article::{ArticleReader, MeshHeading, RawArticle, Reference, Section, SourceFormat};

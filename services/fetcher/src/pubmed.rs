@@ -1,37 +1,11 @@
 //! PubMed XML: `PubmedArticleSet` (efetch, baseline and update files) and the older
 //! `MedlineCitationSet`.
 
-use std::io::BufRead;
-
 use crate::article::{MeshHeading, RawArticle, Reference, Section, SourceFormat, format_date};
-use crate::xml::{Element, Limits, RecordReader, XmlError};
+use crate::xml::Element;
 
 /// `PubmedArticle` in a `PubmedArticleSet`; a bare `MedlineCitation` in a `MedlineCitationSet`.
-const RECORDS: &[&str] = &["PubmedArticle", "MedlineCitation", "PubmedBookArticle"];
-
-/// Streams the articles of a PubMed XML document.
-#[derive(Debug)]
-pub struct PubmedReader<R: BufRead> {
-    records: RecordReader<R>,
-}
-
-impl<R: BufRead> PubmedReader<R> {
-    pub fn new(input: R, source_name: impl Into<String>, limits: Limits) -> Self {
-        Self {
-            records: RecordReader::new(input, source_name, RECORDS, limits),
-        }
-    }
-}
-
-impl<R: BufRead> Iterator for PubmedReader<R> {
-    type Item = Result<RawArticle, XmlError>;
-    fn next(&mut self) -> Option<Self::Item> {
-        self.records
-            .next_record()
-            .transpose()
-            .map(|r| r.map(|e| parse_record(&e)))
-    }
-}
+pub(crate) const RECORDS: &[&str] = &["PubmedArticle", "MedlineCitation", "PubmedBookArticle"];
 
 fn texts<'a>(parent: Option<&'a Element>, name: &'a str) -> Vec<String> {
     parent

