@@ -3,11 +3,16 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use medembed_pipeline::messages::{JobId, TaskMessage};
+use medembed_pipeline::config::{QueueBackend, Settings, StoreBackend};
+use medembed_pipeline::messages::{self, JobId, TaskMessage};
+use medembed_pipeline::queue::{self, Queue};
 use medembed_pipeline::runner::{Outgoing, Stage, StageError, TaskContext};
+use medembed_pipeline::store::{self, ObjectStore};
+use medembed_pipeline::testing;
 use serde::{Deserialize, Serialize};
 
 /// A test task: wait `work_ms`, then write `out/{part:05}`.
@@ -136,5 +141,73 @@ where
             return false;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One echo-stage run over the dev RabbitMQ and Garage: its worker environment (own queue and
+/// store prefix), the test's own queue and store handles, and a temp dir for the worker log.
+#[derive(Debug)]
+pub struct EchoRun {
+    pub env: Vec<(String, String)>,
+    pub queue: Arc<dyn Queue>,
+    pub store: Arc<dyn ObjectStore>,
+    pub dir: tempfile::TempDir,
+}
+
+impl EchoRun {
+    /// A run named `name`, with `extra` `MEDEMBED__…` settings for its worker.
+    pub async fn new(name: &str, extra: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut env = testing::dev_env(
+            &testing::unique(name),
+            QueueBackend::Amqp,
+            StoreBackend::S3,
+            dir.path(),
+        );
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let settings = Settings::load_with_env(None, env.clone()).expect("settings");
+        let queue = queue::open(&settings.queue).await.expect("queue");
+        let store = store::open(&settings.store).await.expect("store");
+        Self {
+            env,
+            queue,
+            store,
+            dir,
+        }
+    }
+
+    /// Publishes one echo task per part, each taking `work_ms`.
+    pub async fn publish(&self, parts: std::ops::Range<u32>, work_ms: u64) {
+        let job_id = JobId::new();
+        for part in parts {
+            let task = EchoTask {
+                job_id,
+                part,
+                work_ms,
+            };
+            self.queue
+                .publish(EchoTask::QUEUE, &messages::encode(&task))
+                .await
+                .expect("publish");
+        }
+    }
+
+    /// The keys the echo stage has written so far.
+    pub async fn outputs(&self) -> Vec<String> {
+        self.store
+            .list("out/")
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|m| m.key)
+            .collect()
+    }
+
+    pub fn log(&self) -> std::path::PathBuf {
+        self.dir.path().join("worker.log")
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log()).unwrap_or_default()
     }
 }

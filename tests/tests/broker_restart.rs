@@ -5,12 +5,9 @@
 use std::process::Command;
 use std::time::Duration;
 
-use medembed_e2e::{EchoTask, eventually, output_key, signal, spawn_worker, wait_exit};
+use medembed_e2e::{EchoRun, EchoTask, eventually, output_key, signal, spawn_worker, wait_exit};
+use medembed_pipeline::messages::TaskMessage;
 const TEST_STAGE: &str = env!("CARGO_BIN_EXE_medembed-test-stage");
-
-use medembed_pipeline::config::{QueueBackend, Settings, StoreBackend};
-use medembed_pipeline::messages::{self, JobId, TaskMessage};
-use medembed_pipeline::{queue, store, testing};
 
 /// Starts the broker's app again when dropped, so a failing assertion cannot leave RabbitMQ
 /// stopped for the tests after this one.
@@ -36,31 +33,11 @@ fn rabbitmqctl(arg: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_reconnects_after_a_broker_restart() {
     const TASKS: u32 = 100;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut env = testing::dev_env(
-        &testing::unique("restart"),
-        QueueBackend::Amqp,
-        StoreBackend::S3,
-        dir.path(),
-    );
-    env.push(("MEDEMBED__QUEUE__PREFETCH".into(), "2".into()));
-    let settings = Settings::load_with_env(None, env.clone()).expect("settings");
-    let queue = queue::open(&settings.queue).await.expect("queue");
-    let store = store::open(&settings.store).await.expect("store");
-    let job_id = JobId::new();
-    for part in 0..TASKS {
-        let task = EchoTask {
-            job_id,
-            part,
-            work_ms: 100,
-        };
-        queue
-            .publish(EchoTask::QUEUE, &messages::encode(&task))
-            .await
-            .expect("publish");
-    }
-    let log = dir.path().join("worker.log");
-    let mut worker = spawn_worker(TEST_STAGE, &env, &log);
+    let run = EchoRun::new("restart", &[("MEDEMBED__QUEUE__PREFETCH", "2")]).await;
+    run.publish(0..TASKS, 100).await;
+    let (queue, store) = (&run.queue, &run.store);
+    let log = run.log();
+    let mut worker = spawn_worker(TEST_STAGE, &run.env, &log);
     let count = || async { store.list("out/").await.map(|v| v.len()).unwrap_or(0) };
     assert!(eventually(Duration::from_secs(60), || async { count().await >= 20 }).await);
 

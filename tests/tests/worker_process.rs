@@ -3,86 +3,18 @@
 
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use medembed_e2e::{
-    EchoTask, eventually, free_port, http_get, output_key, signal, spawn_worker, wait_exit,
+    EchoRun, EchoTask, eventually, free_port, http_get, output_key, signal, spawn_worker, wait_exit,
 };
+use medembed_pipeline::messages::TaskMessage;
 const TEST_STAGE: &str = env!("CARGO_BIN_EXE_medembed-test-stage");
-
-use medembed_pipeline::config::{QueueBackend, Settings, StoreBackend};
-use medembed_pipeline::messages::{self, JobId, TaskMessage};
-use medembed_pipeline::queue::{self, Queue};
-use medembed_pipeline::store::{self, ObjectStore};
-use medembed_pipeline::testing;
-
-struct Setup {
-    env: Vec<(String, String)>,
-    queue: Arc<dyn Queue>,
-    store: Arc<dyn ObjectStore>,
-    dir: tempfile::TempDir,
-}
-
-async fn setup(name: &str, extra: &[(&str, &str)]) -> Setup {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut env = testing::dev_env(
-        &testing::unique(name),
-        QueueBackend::Amqp,
-        StoreBackend::S3,
-        dir.path(),
-    );
-    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let settings = Settings::load_with_env(None, env.clone()).expect("settings");
-    let queue = queue::open(&settings.queue).await.expect("queue");
-    let store = store::open(&settings.store).await.expect("store");
-    Setup {
-        env,
-        queue,
-        store,
-        dir,
-    }
-}
-
-impl Setup {
-    async fn publish(&self, parts: std::ops::Range<u32>, work_ms: u64) {
-        let job_id = JobId::new();
-        for part in parts {
-            let task = EchoTask {
-                job_id,
-                part,
-                work_ms,
-            };
-            self.queue
-                .publish(EchoTask::QUEUE, &messages::encode(&task))
-                .await
-                .expect("publish");
-        }
-    }
-
-    async fn outputs(&self) -> Vec<String> {
-        self.store
-            .list("out/")
-            .await
-            .expect("list")
-            .into_iter()
-            .map(|m| m.key)
-            .collect()
-    }
-
-    fn log(&self) -> std::path::PathBuf {
-        self.dir.path().join("worker.log")
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(self.log()).unwrap_or_default()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_safety_two_sigkills_lose_and_duplicate_nothing() {
     const TASKS: u32 = 200;
-    let s = setup("crash", &[("MEDEMBED__QUEUE__PREFETCH", "4")]).await;
+    let s = EchoRun::new("crash", &[("MEDEMBED__QUEUE__PREFETCH", "4")]).await;
     s.publish(0..TASKS, 30).await;
 
     let mut worker = spawn_worker(TEST_STAGE, &s.env, &s.log());
@@ -136,7 +68,7 @@ async fn crash_safety_two_sigkills_lose_and_duplicate_nothing() {
 async fn sigterm_finishes_the_task_in_flight_and_exits_zero() {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let s = setup(
+    let s = EchoRun::new(
         "sigterm",
         &[
             ("MEDEMBED__SERVER__LISTEN_ADDR", &addr),
@@ -182,7 +114,7 @@ async fn sigterm_finishes_the_task_in_flight_and_exits_zero() {
 async fn metrics_of_a_running_worker_pass_promtool() {
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let s = setup("metrics", &[("MEDEMBED__SERVER__LISTEN_ADDR", &addr)]).await;
+    let s = EchoRun::new("metrics", &[("MEDEMBED__SERVER__LISTEN_ADDR", &addr)]).await;
     let mut worker = spawn_worker(TEST_STAGE, &s.env, &s.log());
     s.publish(0..3, 10).await;
     let done = eventually(Duration::from_secs(30), || async {
