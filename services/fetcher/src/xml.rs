@@ -10,6 +10,8 @@
 //!   the five XML ones and character references are never expanded.
 
 use std::io::BufRead;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use quick_xml::Reader;
 use quick_xml::events::Event;
@@ -55,6 +57,14 @@ pub enum XmlError {
     RecordTooLarge {
         source_name: String,
         element: String,
+        start: u64,
+        max_bytes: u64,
+    },
+    #[error(
+        "{source_name}: a single XML node at byte {start} is larger than the {max_bytes}-byte cap"
+    )]
+    NodeTooLarge {
+        source_name: String,
         start: u64,
         max_bytes: u64,
     },
@@ -208,9 +218,59 @@ pub fn collapse_whitespace(s: &str) -> String {
     out
 }
 
+/// How far the capped input may be read: bytes consumed so far, and the limit.
+#[derive(Debug, Default)]
+struct Budget {
+    consumed: AtomicU64,
+    limit: AtomicU64,
+}
+
+/// Input that refuses to be read past its budget. quick-xml reads a whole text node into memory
+/// before returning it, so without this one 300 MB text node would take 300 MB; with it, no single
+/// node can be larger than the record cap.
+#[derive(Debug)]
+struct CappedInput<R> {
+    inner: R,
+    budget: Arc<Budget>,
+}
+
+const OVER_BUDGET: &str = "medembed: XML node over the size cap";
+
+impl<R: BufRead> std::io::Read for CappedInput<R> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = available.len().min(out.len());
+        out[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl<R: BufRead> BufRead for CappedInput<R> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        let consumed = self.budget.consumed.load(Ordering::Relaxed);
+        let left = self
+            .budget
+            .limit
+            .load(Ordering::Relaxed)
+            .saturating_sub(consumed);
+        if left == 0 {
+            return Err(std::io::Error::other(OVER_BUDGET));
+        }
+        let buf = self.inner.fill_buf()?;
+        Ok(&buf[..buf.len().min(usize::try_from(left).unwrap_or(usize::MAX))])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.budget.consumed.fetch_add(n as u64, Ordering::Relaxed);
+        self.inner.consume(n);
+    }
+}
+
 /// Reads the records called one of `record_names` from an XML stream, one at a time.
 pub struct RecordReader<R: BufRead> {
-    reader: Reader<R>,
+    reader: Reader<CappedInput<R>>,
+    budget: Arc<Budget>,
     source_name: String,
     record_names: &'static [&'static str],
     limits: Limits,
@@ -288,12 +348,17 @@ impl<R: BufRead> RecordReader<R> {
         record_names: &'static [&'static str],
         limits: Limits,
     ) -> Self {
-        let mut reader = Reader::from_reader(input);
+        let budget = Arc::new(Budget::default());
+        let mut reader = Reader::from_reader(CappedInput {
+            inner: input,
+            budget: budget.clone(),
+        });
         let config = reader.config_mut();
         config.check_end_names = true;
         config.expand_empty_elements = false;
         Self {
             reader,
+            budget,
             source_name: source_name.into(),
             record_names,
             limits,
@@ -324,10 +389,13 @@ impl<R: BufRead> RecordReader<R> {
         loop {
             self.buf.clear();
             let position = self.reader.buffer_position();
-            let event = self
-                .reader
-                .read_event_into(&mut self.buf)
-                .map_err(|e| malformed(&self.source_name, &self.reader, e))?;
+            let event = read_capped(
+                &mut self.reader,
+                &self.budget,
+                &mut self.buf,
+                &self.source_name,
+                self.limits.max_record_bytes,
+            )?;
             match event {
                 Event::Start(e) => {
                     if !self.seen_root && e.name().as_ref().eq_ignore_ascii_case("html") {
@@ -400,10 +468,13 @@ impl<R: BufRead> RecordReader<R> {
                 });
             }
             self.buf.clear();
-            let event = self
-                .reader
-                .read_event_into(&mut self.buf)
-                .map_err(|e| malformed(&self.source_name, &self.reader, e))?;
+            let event = read_capped(
+                &mut self.reader,
+                &self.budget,
+                &mut self.buf,
+                &self.source_name,
+                self.limits.max_record_bytes,
+            )?;
             let top = stack.last_mut().expect("the record root is on the stack");
             match event {
                 Event::Start(e) => {
@@ -461,11 +532,13 @@ impl<R: BufRead> RecordReader<R> {
     fn skip_rest(&mut self, mut open: usize) -> Result<(), XmlError> {
         while open > 0 {
             self.buf.clear();
-            match self
-                .reader
-                .read_event_into(&mut self.buf)
-                .map_err(|e| malformed(&self.source_name, &self.reader, e))?
-            {
+            match read_capped(
+                &mut self.reader,
+                &self.budget,
+                &mut self.buf,
+                &self.source_name,
+                self.limits.max_record_bytes,
+            )? {
                 Event::Start(_) => {
                     open += 1;
                     self.depth += 1;
@@ -486,6 +559,31 @@ impl<R: BufRead> RecordReader<R> {
             }
         }
         Ok(())
+    }
+}
+
+/// Reads one event, allowing it at most `max_bytes` of input.
+fn read_capped<'b, R: BufRead>(
+    reader: &mut Reader<CappedInput<R>>,
+    budget: &Budget,
+    buf: &'b mut Vec<u8>,
+    source_name: &str,
+    max_bytes: u64,
+) -> Result<Event<'b>, XmlError> {
+    let start = budget.consumed.load(Ordering::Relaxed);
+    budget
+        .limit
+        .store(start.saturating_add(max_bytes), Ordering::Relaxed);
+    match reader.read_event_into(buf) {
+        Ok(event) => Ok(event),
+        Err(quick_xml::Error::Io(e)) if e.to_string() == OVER_BUDGET => {
+            Err(XmlError::NodeTooLarge {
+                source_name: source_name.to_string(),
+                start,
+                max_bytes,
+            })
+        }
+        Err(e) => Err(malformed(source_name, reader, e)),
     }
 }
 

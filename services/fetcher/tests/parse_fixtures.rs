@@ -453,3 +453,45 @@ fn empty_result_set_is_no_articles() {
     );
     assert!(pubmed_str("<PubmedArticleSet/>", Limits::default()).is_empty());
 }
+
+/// Peak resident memory of this test process, in bytes (Linux).
+fn peak_rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM");
+    let kb: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("number");
+    kb * 1024
+}
+
+#[test]
+fn one_300_mb_text_node_is_refused_with_bounded_memory() {
+    let doc = HugeDocument {
+        head: Cursor::new(b"<PubmedArticleSet><PubmedArticle><MedlineCitation><PMID>1</PMID><Article><Abstract><AbstractText>".to_vec()),
+        body_left: 0,
+        tail: Cursor::new(Vec::new()),
+    };
+    // 300 MB of text without any markup.
+    let text = std::io::repeat(b'a').take(300_000_000);
+    let input = BufReader::with_capacity(64 * 1024, doc.chain(text).chain(Cursor::new(b"</AbstractText></Abstract></Article></MedlineCitation></PubmedArticle></PubmedArticleSet>".to_vec())));
+    let limits = Limits {
+        max_record_bytes: 8 * 1024 * 1024,
+        ..Limits::default()
+    };
+    let out: Vec<_> = ArticleReader::pubmed(input, "one-node.xml", limits).collect();
+    assert!(
+        matches!(out.as_slice(), [Err(XmlError::NodeTooLarge { max_bytes, .. })] if *max_bytes == 8 * 1024 * 1024),
+        "{out:?}"
+    );
+    let peak = peak_rss_bytes();
+    assert!(
+        peak < 150 * 1024 * 1024,
+        "peak memory {} MB: the node was buffered whole",
+        peak / (1024 * 1024)
+    );
+}
