@@ -48,6 +48,8 @@ impl Reference {
 
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct RawArticle {
+    /// The article's id in the corpus: its PMCID, else `pmid:N`, else `doi:…` (see [`RawArticle::canonical_id`]).
+    pub id: String,
     pub format: Option<SourceFormat>,
     pub pmid: Option<String>,
     /// With the "PMC" prefix.
@@ -71,6 +73,21 @@ pub struct RawArticle {
     pub article_type: Option<String>,
     pub license: Option<String>,
     pub references: Vec<Reference>,
+}
+
+impl RawArticle {
+    /// PMCID if known (full texts are what PMC jobs are about), else `pmid:N`, else `doi:…`;
+    /// None when the article has no id at all.
+    pub fn canonical_id(&self) -> Option<String> {
+        self.pmcid
+            .clone()
+            .or_else(|| self.pmid.as_ref().map(|p| format!("pmid:{p}")))
+            .or_else(|| {
+                self.doi
+                    .as_ref()
+                    .map(|d| format!("doi:{}", d.to_lowercase()))
+            })
+    }
 }
 
 /// Turns year / month (number or "Nov") / day into `YYYY[-MM[-DD]]`; None without a year.

@@ -6,8 +6,10 @@
 //! Parquet writer and the stage itself come next (issue 3).
 
 pub mod article;
+pub mod files;
 pub mod jats;
 pub mod pubmed;
+pub mod raw;
 pub mod xml;
 
 pub use article::{ArticleReader, MeshHeading, RawArticle, Reference, Section, SourceFormat};

@@ -8,6 +8,7 @@
 //! call [`runner::run_worker`].
 
 pub mod config;
+pub mod keys;
 pub mod messages;
 pub mod metrics;
 pub mod queue;

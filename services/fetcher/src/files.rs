@@ -1,0 +1,207 @@
+//! Bulk files as a source (`--source files:PATH`): how users with millions of articles avoid the
+//! E-utilities limits. Reads PubMed baseline/update `.xml.gz`, PMC OA `.nxml`/`.xml`, and `.tar.gz`
+//! packages of those, from a local directory or an object-store prefix.
+//!
+//! The format of each XML document is sniffed from its first bytes (root element), not trusted
+//! from its name: baseline files and PMC files are both `.xml`.
+
+use std::io::{BufRead, BufReader, Cursor, Read};
+
+use crate::article::{ArticleReader, RawArticle};
+use crate::xml::{Limits, XmlError};
+
+/// Which parser a document needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XmlFormat {
+    Pubmed,
+    Jats,
+}
+
+/// Guesses the format from the start of a document; None if neither root element appears.
+pub fn sniff(head: &[u8]) -> Option<XmlFormat> {
+    let head = String::from_utf8_lossy(head);
+    if head.contains("<PubmedArticleSet")
+        || head.contains("<MedlineCitationSet")
+        || head.contains("<PubmedArticle")
+    {
+        Some(XmlFormat::Pubmed)
+    } else if head.contains("<pmc-articleset")
+        || head.contains("<article")
+        || head.contains("<OAI-PMH")
+    {
+        Some(XmlFormat::Jats)
+    } else {
+        None
+    }
+}
+
+/// What a bulk file is, by its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Xml,
+    XmlGz,
+    TarGz,
+}
+
+impl FileKind {
+    pub fn of(name: &str) -> Option<Self> {
+        let lower = name.to_ascii_lowercase();
+        if lower.ends_with(".tar.gz") || lower.ends_with(".tgz") {
+            Some(Self::TarGz)
+        } else if lower.ends_with(".xml.gz") || lower.ends_with(".nxml.gz") {
+            Some(Self::XmlGz)
+        } else if lower.ends_with(".xml") || lower.ends_with(".nxml") {
+            Some(Self::Xml)
+        } else {
+            None
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("{name}: {source}")]
+    Io {
+        name: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "{name}: neither PubMed XML nor JATS (no PubmedArticleSet, MedlineCitationSet, pmc-articleset or article root)"
+    )]
+    UnknownFormat { name: String },
+}
+
+/// Reads every article of one XML document, calling `each` for each article or record error.
+/// A document-level problem (unknown format, unreadable) is returned as the error.
+pub fn read_document(
+    name: &str,
+    input: impl Read,
+    limits: Limits,
+    each: &mut dyn FnMut(Result<RawArticle, XmlError>),
+) -> Result<(), FileError> {
+    let mut input = BufReader::with_capacity(256 * 1024, input);
+    let head = input
+        .fill_buf()
+        .map_err(|source| FileError::Io {
+            name: name.to_string(),
+            source,
+        })?
+        .to_vec();
+    let format = if head.is_empty() {
+        // Let the parser report the empty document in its own words.
+        XmlFormat::Pubmed
+    } else {
+        sniff(&head[..head.len().min(16 * 1024)]).ok_or_else(|| FileError::UnknownFormat {
+            name: name.to_string(),
+        })?
+    };
+    let reader = match format {
+        XmlFormat::Pubmed => ArticleReader::pubmed(input, name, limits),
+        XmlFormat::Jats => ArticleReader::jats(input, name, limits),
+    };
+    for article in reader {
+        each(article);
+    }
+    Ok(())
+}
+
+/// Reads every article of one bulk file (`.xml`, `.nxml`, `.xml.gz`, `.tar.gz`).
+/// Members of a tarball that are not XML are passed over.
+pub fn read_file(
+    name: &str,
+    kind: FileKind,
+    input: impl Read,
+    limits: Limits,
+    each: &mut dyn FnMut(Result<RawArticle, XmlError>),
+    on_document_error: &mut dyn FnMut(FileError),
+) -> Result<(), FileError> {
+    match kind {
+        FileKind::Xml => read_document(name, input, limits, each),
+        FileKind::XmlGz => {
+            read_document(name, flate2::read::MultiGzDecoder::new(input), limits, each)
+        }
+        FileKind::TarGz => {
+            let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(input));
+            let entries = archive.entries().map_err(|source| FileError::Io {
+                name: name.to_string(),
+                source,
+            })?;
+            for entry in entries {
+                let entry = entry.map_err(|source| FileError::Io {
+                    name: name.to_string(),
+                    source,
+                })?;
+                let member = format!(
+                    "{name}!{}",
+                    entry
+                        .path()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default()
+                );
+                match FileKind::of(&member) {
+                    Some(FileKind::Xml) => {
+                        if let Err(e) = read_document(&member, entry, limits, each) {
+                            on_document_error(e);
+                        }
+                    }
+                    Some(FileKind::XmlGz) => {
+                        if let Err(e) = read_document(
+                            &member,
+                            flate2::read::MultiGzDecoder::new(entry),
+                            limits,
+                            each,
+                        ) {
+                            on_document_error(e);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Reads a whole file already in memory (from the object store).
+pub fn read_bytes(
+    name: &str,
+    kind: FileKind,
+    data: &[u8],
+    limits: Limits,
+    each: &mut dyn FnMut(Result<RawArticle, XmlError>),
+    on_document_error: &mut dyn FnMut(FileError),
+) -> Result<(), FileError> {
+    read_file(
+        name,
+        kind,
+        Cursor::new(data),
+        limits,
+        each,
+        on_document_error,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_by_name_and_formats_by_content() {
+        assert_eq!(FileKind::of("pubmed25n0001.xml.gz"), Some(FileKind::XmlGz));
+        assert_eq!(FileKind::of("PMC123.NXML"), Some(FileKind::Xml));
+        assert_eq!(
+            FileKind::of("oa_package/PMC1.tar.gz"),
+            Some(FileKind::TarGz)
+        );
+        assert_eq!(FileKind::of("readme.txt"), None);
+        assert_eq!(
+            sniff(b"<?xml version=\"1.0\"?>\n<!DOCTYPE x>\n<PubmedArticleSet>"),
+            Some(XmlFormat::Pubmed)
+        );
+        assert_eq!(
+            sniff(b"<?xml version=\"1.0\"?><article article-type=\"research-article\">"),
+            Some(XmlFormat::Jats)
+        );
+        assert_eq!(sniff(b"<html><body>"), None);
+    }
+}

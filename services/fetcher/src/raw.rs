@@ -1,0 +1,178 @@
+//! Raw Parquet parts (`jobs/{job}/raw/part-NNNNN.parquet`): one row per [`RawArticle`], and the
+//! manifest written once every part is (`raw/_manifest.json`).
+//!
+//! The schema is the contract with the cleaner; it is spelled out here (not inferred) so a change
+//! is a visible change. Lists of sections, MeSH headings and references are lists of structs.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Fields, Schema};
+use arrow::record_batch::RecordBatch;
+use medembed_pipeline::messages::JobId;
+use serde::{Deserialize, Serialize};
+
+use crate::article::RawArticle;
+
+fn list_of(item: DataType) -> DataType {
+    DataType::List(Arc::new(Field::new("element", item, false)))
+}
+
+fn section_struct() -> DataType {
+    DataType::Struct(Fields::from(vec![
+        Field::new("title", DataType::Utf8, false),
+        Field::new("text", DataType::Utf8, false),
+    ]))
+}
+
+/// The schema of a raw part.
+pub fn raw_schema() -> Arc<Schema> {
+    let text = |name: &str| Field::new(name, DataType::Utf8, false);
+    let optional = |name: &str| Field::new(name, DataType::Utf8, true);
+    let list = |name: &str, item: DataType| Field::new(name, list_of(item), false);
+    Arc::new(Schema::new(vec![
+        text("id"),
+        optional("format"),
+        optional("pmid"),
+        optional("pmcid"),
+        optional("doi"),
+        text("title"),
+        text("abstract_text"),
+        list("abstract_sections", section_struct()),
+        list("body_sections", section_struct()),
+        list("keywords", DataType::Utf8),
+        list(
+            "mesh",
+            DataType::Struct(Fields::from(vec![
+                Field::new("descriptor", DataType::Utf8, false),
+                Field::new("ui", DataType::Utf8, true),
+                Field::new("major", DataType::Boolean, false),
+                Field::new("qualifiers", list_of(DataType::Utf8), false),
+            ])),
+        ),
+        list("publication_types", DataType::Utf8),
+        optional("pub_date"),
+        optional("journal"),
+        list("authors", DataType::Utf8),
+        optional("article_type"),
+        optional("license"),
+        list(
+            "references",
+            DataType::Struct(Fields::from(vec![
+                Field::new("pmid", DataType::Utf8, true),
+                Field::new("pmcid", DataType::Utf8, true),
+                Field::new("doi", DataType::Utf8, true),
+            ])),
+        ),
+    ]))
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("raw part {key}: {message}")]
+pub struct RawPartError {
+    pub key: String,
+    pub message: String,
+}
+
+/// Articles as one record batch of the raw schema.
+pub fn to_batch(key: &str, articles: &[RawArticle]) -> Result<RecordBatch, RawPartError> {
+    let schema = raw_schema();
+    serde_arrow::to_record_batch(schema.fields(), &articles).map_err(|e| RawPartError {
+        key: key.to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// Articles back from record batches of the raw schema.
+pub fn from_batches(key: &str, batches: &[RecordBatch]) -> Result<Vec<RawArticle>, RawPartError> {
+    let mut out = Vec::new();
+    for batch in batches {
+        let rows: Vec<RawArticle> =
+            serde_arrow::from_record_batch(batch).map_err(|e| RawPartError {
+                key: key.to_string(),
+                message: e.to_string(),
+            })?;
+        out.extend(rows);
+    }
+    Ok(out)
+}
+
+/// One written raw part.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RawPartInfo {
+    pub part: u32,
+    pub key: String,
+    pub articles: u64,
+}
+
+/// `raw/_manifest.json`: the complete list of a job's raw parts. Its presence means fetching is
+/// done; the pair-builder's barrier waits for a clean part per part listed here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RawManifest {
+    pub version: u32,
+    pub job_id: JobId,
+    pub parts: Vec<RawPartInfo>,
+    pub articles: u64,
+    /// Articles not kept, by reason (`no_id`, `duplicate`, `record_too_large`, …).
+    pub skipped: BTreeMap<String, u64>,
+    /// Problems worth a user's attention (E-utilities warnings, unreadable files).
+    pub warnings: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::article::{MeshHeading, Reference, Section, SourceFormat};
+
+    fn sample() -> RawArticle {
+        RawArticle {
+            id: "PMC1".into(),
+            format: Some(SourceFormat::Jats),
+            pmid: Some("11".into()),
+            pmcid: Some("PMC1".into()),
+            doi: None,
+            title: "T".into(),
+            abstract_text: "A b.".into(),
+            abstract_sections: vec![Section {
+                title: "Background".into(),
+                text: "A b.".into(),
+            }],
+            body_sections: vec![],
+            keywords: vec!["k".into()],
+            mesh: vec![MeshHeading {
+                descriptor: "Neoplasms".into(),
+                ui: Some("D009369".into()),
+                major: true,
+                qualifiers: vec!["therapy".into()],
+            }],
+            publication_types: vec![],
+            pub_date: Some("2020-01".into()),
+            journal: None,
+            authors: vec!["Doe J".into()],
+            article_type: None,
+            license: None,
+            references: vec![Reference {
+                pmid: Some("5".into()),
+                pmcid: None,
+                doi: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn articles_round_trip_through_parquet_with_the_declared_schema() {
+        let articles = vec![
+            sample(),
+            RawArticle {
+                id: "pmid:2".into(),
+                ..RawArticle::default()
+            },
+        ];
+        let batch = to_batch("k", &articles).expect("batch");
+        assert_eq!(batch.schema().fields().len(), raw_schema().fields().len());
+        let bytes = medembed_pipeline::table::encode("k", &raw_schema(), &[batch]).expect("encode");
+        let back = medembed_pipeline::table::decode("k", bytes, &raw_schema())
+            .expect("decode against the schema");
+        assert_eq!(from_batches("k", &back).expect("rows"), articles);
+    }
+}

@@ -1,0 +1,53 @@
+//! The object-key scheme: every key is a function of (job, stage, part), so a redelivered task
+//! writes to the same keys and overwrites its own earlier output.
+
+use crate::messages::JobId;
+
+/// `jobs/{job}/job.json`: the [`crate::messages::JobSpec`].
+pub fn job_spec(job: JobId) -> String {
+    format!("jobs/{job}/job.json")
+}
+
+/// `jobs/{job}/status/{stage}.json`: a stage's progress, counts, timings and last error.
+pub fn stage_status(job: JobId, stage: &str) -> String {
+    format!("jobs/{job}/status/{stage}.json")
+}
+
+/// `jobs/{job}/raw/part-NNNNN.parquet`.
+pub fn raw_part(job: JobId, part: u32) -> String {
+    format!("jobs/{job}/raw/part-{part:05}.parquet")
+}
+
+/// `jobs/{job}/raw/_manifest.json`: written last, once every raw part is.
+pub fn raw_manifest(job: JobId) -> String {
+    format!("jobs/{job}/raw/_manifest.json")
+}
+
+/// `jobs/{job}/clean/part-NNNNN.parquet`.
+pub fn clean_part(job: JobId, part: u32) -> String {
+    format!("jobs/{job}/clean/part-{part:05}.parquet")
+}
+
+/// Prefix of every object of a job.
+pub fn job_prefix(job: JobId) -> String {
+    format!("jobs/{job}/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_deterministic_and_sort_by_part() {
+        let job: JobId = "01JDZ8Q4V5W3XK1N2M3P4R5S6T".parse().expect("ulid");
+        assert_eq!(
+            raw_part(job, 7),
+            "jobs/01JDZ8Q4V5W3XK1N2M3P4R5S6T/raw/part-00007.parquet"
+        );
+        assert!(raw_part(job, 9) < raw_part(job, 10));
+        assert_eq!(
+            stage_status(job, "fetch"),
+            "jobs/01JDZ8Q4V5W3XK1N2M3P4R5S6T/status/fetch.json"
+        );
+    }
+}
