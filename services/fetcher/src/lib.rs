@@ -6,6 +6,7 @@
 //! Parquet writer and the stage itself come next (issue 3).
 
 pub mod article;
+pub mod eutils;
 pub mod files;
 pub mod jats;
 pub mod pubmed;

@@ -79,6 +79,8 @@ impl fmt::Debug for Secret {
 pub struct Settings {
     pub queue: QueueSettings,
     pub store: StoreSettings,
+    pub ncbi: NcbiSettings,
+    pub fetch: FetchSettings,
     pub runner: RunnerSettings,
     pub server: ServerSettings,
     pub log: LogSettings,
@@ -131,6 +133,43 @@ pub struct StoreSettings {
     pub multipart_threshold_bytes: u64,
     pub multipart_part_size_bytes: u64,
     pub max_attempts: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NcbiSettings {
+    pub base_url: String,
+    pub tool: String,
+    pub email: String,
+    pub api_key: Secret,
+    pub api_key_file: String,
+    pub requests_per_second: f64,
+    pub max_retries: u32,
+    pub retry_base_delay_ms: u64,
+    pub timeout_secs: u64,
+    pub efetch_batch: usize,
+    pub elink_batch: usize,
+}
+
+impl NcbiSettings {
+    /// The request rate to keep: the configured one, or NCBI's limit for this key.
+    pub fn effective_rate(&self) -> f64 {
+        if self.requests_per_second > 0.0 {
+            self.requests_per_second
+        } else if self.api_key.is_empty() {
+            3.0
+        } else {
+            10.0
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FetchSettings {
+    pub articles_per_part: usize,
+    pub max_record_bytes: u64,
+    pub max_xml_depth: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -205,6 +244,11 @@ impl Settings {
             "store.secret_access_key",
             &self.store.secret_access_key_file,
             &mut self.store.secret_access_key,
+        )?;
+        read_secret_file(
+            "ncbi.api_key",
+            &self.ncbi.api_key_file,
+            &mut self.ncbi.api_key,
         )
     }
 
@@ -278,6 +322,41 @@ impl Settings {
                 "store.secret_access_key",
                 "must be set when store.access_key_id is",
             ));
+        }
+        let n = &self.ncbi;
+        if !(n.base_url.starts_with("http://") || n.base_url.starts_with("https://")) {
+            return Err(invalid(
+                "ncbi.base_url",
+                format!("{:?} is not an http(s) URL", n.base_url),
+            ));
+        }
+        if n.requests_per_second < 0.0
+            || n.requests_per_second > 100.0
+            || n.requests_per_second.is_nan()
+        {
+            return Err(invalid(
+                "ncbi.requests_per_second",
+                "must be between 0 (NCBI's limit) and 100",
+            ));
+        }
+        if n.efetch_batch == 0 || n.efetch_batch > 10_000 {
+            return Err(invalid("ncbi.efetch_batch", "must be between 1 and 10000"));
+        }
+        if n.elink_batch == 0 || n.elink_batch > 1_000 {
+            return Err(invalid("ncbi.elink_batch", "must be between 1 and 1000"));
+        }
+        if n.timeout_secs == 0 {
+            return Err(invalid("ncbi.timeout_secs", "must be at least 1"));
+        }
+        let f = &self.fetch;
+        if f.articles_per_part == 0 {
+            return Err(invalid("fetch.articles_per_part", "must be at least 1"));
+        }
+        if f.max_record_bytes < 1024 {
+            return Err(invalid("fetch.max_record_bytes", "must be at least 1024"));
+        }
+        if f.max_xml_depth < 16 {
+            return Err(invalid("fetch.max_xml_depth", "must be at least 16"));
         }
         Ok(())
     }

@@ -67,6 +67,35 @@ pub enum Database {
     Pubmed,
 }
 
+/// Where a job's articles come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ArticleSource {
+    /// NCBI E-utilities (esearch → efetch), for the job's query.
+    #[default]
+    Eutils,
+    /// Bulk files: a local directory or file, or an `s3://bucket/prefix`.
+    Files { path: String },
+}
+
+impl FromStr for ArticleSource {
+    type Err = String;
+    /// `eutils` or `files:PATH`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once(':') {
+            None if s == "eutils" => Ok(Self::Eutils),
+            Some(("files", path)) if !path.is_empty() => Ok(Self::Files {
+                path: path.to_string(),
+            }),
+            _ => Err(format!("source {s:?}: expected `eutils` or `files:PATH`")),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
 /// What a job collects; stored at `jobs/{job}/job.json`. Later stages add their own settings
 /// sections with `#[serde(default)]`, so older job files still read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -88,6 +117,14 @@ pub struct JobSpec {
     pub to: Option<String>,
     /// Stop after this many articles.
     pub max_articles: u64,
+    #[serde(default)]
+    pub source: ArticleSource,
+    /// For PMC: only open-access full texts (adds `"open access"[filter]`), which users may process.
+    #[serde(default = "yes")]
+    pub open_access_only: bool,
+    /// For PubMed: also collect "cited by" links (`pubmed_pubmed_citedin`), not only references.
+    #[serde(default)]
+    pub cited_by: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -261,6 +298,26 @@ mod tests {
         );
         let missing_part = format!(r#"{{"version":1,"job_id":"{id}"}}"#);
         assert!(decode::<CleanTask>(missing_part.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn sources_parse_and_old_job_files_still_read() {
+        assert_eq!("eutils".parse::<ArticleSource>(), Ok(ArticleSource::Eutils));
+        assert_eq!(
+            "files:/data/pm".parse::<ArticleSource>(),
+            Ok(ArticleSource::Files {
+                path: "/data/pm".into()
+            })
+        );
+        assert!("ftp:x".parse::<ArticleSource>().is_err());
+        assert!("files:".parse::<ArticleSource>().is_err());
+        let id = JobId::new();
+        let old = format!(
+            r#"{{"version":1,"job_id":"{id}","created_at":"2026-01-01T00:00:00Z","query":"q","max_articles":5}}"#
+        );
+        let spec: JobSpec = serde_json::from_str(&old).expect("old job file");
+        assert_eq!(spec.source, ArticleSource::Eutils);
+        assert!(spec.open_access_only);
     }
 
     #[test]
