@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod queue;
 pub mod runner;
 pub mod shutdown;
+pub mod status;
 pub mod store;
 pub mod table;
 pub mod telemetry;

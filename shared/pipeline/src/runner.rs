@@ -29,6 +29,7 @@ use crate::config::Settings;
 use crate::messages::{self, TaskMessage};
 use crate::metrics::{HealthServer, RunnerMetrics, outcome};
 use crate::queue::{self, Delivery, Queue, QueueError, RetryPolicy};
+use crate::status::StageStatus;
 use crate::store::{self, ObjectMeta, ObjectStore, StoreError};
 use crate::table::TableError;
 
@@ -258,6 +259,7 @@ impl<S: Stage> Shared<S> {
                 return;
             }
         };
+        let job_id = task.job_id();
         let span = tracing::info_span!(
             "task",
             stage = name,
@@ -285,6 +287,13 @@ impl<S: Stage> Shared<S> {
                 Ok(outputs) => self.publish_all(outputs).await,
                 Err(e) => Err(e),
             };
+            if let Err(e) = &result {
+                let permanent = matches!(e, StageError::Permanent(_))
+                    || !self.retry.allows_retry_after(delivery.attempt);
+                let message = format!("attempt {}: {e}", delivery.attempt);
+                StageStatus::record_error(self.store.as_ref(), job_id, name, &message, permanent)
+                    .await;
+            }
             self.settle(delivery, result, started).await;
             gauge.dec();
         }

@@ -12,6 +12,7 @@ use medembed_pipeline::messages::{JobId, TaskMessage};
 use medembed_pipeline::metrics::{RunnerMetrics, render};
 use medembed_pipeline::queue::{self, DeadLetter, Queue, RetryPolicy};
 use medembed_pipeline::runner::{Outgoing, Stage, StageError, TaskContext, Worker, WorkerOptions};
+use medembed_pipeline::status::{StageState, StageStatus};
 use medembed_pipeline::store::{self, ObjectStore};
 use medembed_pipeline::{messages, testing};
 use serde::{Deserialize, Serialize};
@@ -230,16 +231,14 @@ async fn start(transport: Transport, broken_store: bool) -> Harness {
 }
 
 impl Harness {
-    async fn publish(&self, part: u32, mode: Mode) {
-        let task = Probe {
-            job_id: JobId::new(),
-            part,
-            mode,
-        };
+    async fn publish(&self, part: u32, mode: Mode) -> JobId {
+        let job_id = JobId::new();
+        let task = Probe { job_id, part, mode };
         self.queue
             .publish(Probe::QUEUE, &messages::encode(&task))
             .await
             .expect("publish");
+        job_id
     }
 
     async fn wait_dead_letters(&self, n: usize, timeout: Duration) -> Vec<DeadLetter> {
@@ -351,7 +350,7 @@ async fn a_task_whose_output_cannot_be_written_is_never_acked(t: Transport) {
 
 async fn permanent_failure_is_dead_lettered_after_one_attempt(t: Transport) {
     let h = start(t, false).await;
-    h.publish(7, Mode::Permanent).await;
+    let job = h.publish(7, Mode::Permanent).await;
     let dead = h.wait_dead_letters(1, Duration::from_secs(10)).await;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].attempt, 1);
@@ -359,6 +358,15 @@ async fn permanent_failure_is_dead_lettered_after_one_attempt(t: Transport) {
     assert_eq!(h.attempts(7).len(), 1);
     let task: Probe = messages::decode(&dead[0].body).expect("the original task is kept");
     assert_eq!(task.part, 7);
+    // The job's status says why.
+    let status = StageStatus::load(h.store.as_ref(), job, "probe")
+        .await
+        .expect("status");
+    assert_eq!(status.state, StageState::Failed);
+    assert_eq!(
+        status.last_error.as_deref(),
+        Some("attempt 1: part 7: bad input")
+    );
     h.stop().await;
 }
 
