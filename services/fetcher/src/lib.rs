@@ -11,6 +11,7 @@ pub mod files;
 pub mod jats;
 pub mod pubmed;
 pub mod raw;
+pub mod stage;
 pub mod xml;
 
 pub use article::{ArticleReader, MeshHeading, RawArticle, Reference, Section, SourceFormat};

@@ -7,6 +7,7 @@
 //! A stage crate implements one trait; its `main` is a few lines: load settings, init logging,
 //! call [`runner::run_worker`].
 
+pub mod cli;
 pub mod config;
 pub mod keys;
 pub mod messages;

@@ -394,10 +394,14 @@ pub enum WorkerError {
 }
 
 /// Everything a worker binary's `main` needs: opens the queue and store from `settings`, serves
-/// `/metrics`, `/healthz` and `/readyz`, runs `stage` until SIGTERM/SIGINT, drains, and returns.
-pub async fn run_worker<S: Stage>(settings: &Settings, stage: S) -> Result<(), WorkerError> {
+/// `/metrics`, `/healthz` and `/readyz` (from `registry`, where the stage may have registered its
+/// own metrics), runs `stage` until SIGTERM/SIGINT, drains, and returns.
+pub async fn run_worker<S: Stage>(
+    settings: &Settings,
+    registry: Registry,
+    stage: S,
+) -> Result<(), WorkerError> {
     let shutdown = crate::shutdown::on_signal();
-    let registry = Registry::new();
     let metrics = RunnerMetrics::register(&registry)?;
     let store = store::open(&settings.store).await?;
     let queue = tokio::select! {

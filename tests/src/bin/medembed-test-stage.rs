@@ -8,6 +8,11 @@ use medembed_pipeline::{runner, telemetry};
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::load(None)?;
     telemetry::init(&settings.log);
-    runner::run_worker(&settings, medembed_e2e::EchoStage).await?;
+    runner::run_worker(
+        &settings,
+        prometheus::Registry::new(),
+        medembed_e2e::EchoStage,
+    )
+    .await?;
     Ok(())
 }

@@ -1,0 +1,617 @@
+//! The fetch stage: a [`FetchTask`] becomes `raw/part-NNNNN.parquet` files, then
+//! `raw/_manifest.json`, then one clean task per part and a pairs check.
+//!
+//! Resumable: E-utilities jobs first store the full id list (`raw/_ids.json`), so part N always
+//! holds the same ids; a redelivered or restarted task keeps every part already written and
+//! fetches only the missing ones. (The search history's WebEnv expires after hours, so parts are
+//! fetched by id, POSTed, not by WebEnv.) Bulk-file jobs read files in name order, so parts are
+//! deterministic too. The manifest is written last: its presence means the fetch is complete.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use medembed_pipeline::config::{FetchSettings, Settings, StoreSettings};
+use medembed_pipeline::messages::{
+    ArticleSource, CleanTask, Database, FetchTask, JobId, JobSpec, PairsCheck,
+};
+use medembed_pipeline::runner::{Outgoing, Stage, StageError, TaskContext};
+use medembed_pipeline::status::StageStatus;
+use medembed_pipeline::store::{ObjectStore, S3Store, StoreError};
+use medembed_pipeline::{keys, table};
+use prometheus::{IntCounterVec, Opts, Registry};
+
+use crate::article::{ArticleReader, RawArticle, Reference};
+use crate::eutils::{EutilsClient, EutilsError, EutilsMetrics, RateLimiter, parse_date};
+use crate::files::{FileKind, read_bytes, read_file};
+use crate::raw::{RawManifest, RawPartInfo, from_batches, raw_schema, to_batch};
+use crate::xml::{Limits, XmlError};
+
+const STAGE: &str = "fetch";
+
+/// `medembed_articles_*` metrics.
+#[derive(Debug, Clone)]
+pub struct FetchMetrics {
+    pub fetched: IntCounterVec,
+    pub skipped: IntCounterVec,
+}
+
+impl FetchMetrics {
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let fetched = IntCounterVec::new(
+            Opts::new(
+                "medembed_articles_fetched_total",
+                "Articles written to raw parts, by database (pmc, pubmed, files).",
+            ),
+            &["db"],
+        )?;
+        let skipped = IntCounterVec::new(
+            Opts::new(
+                "medembed_articles_skipped_total",
+                "Articles not kept, by reason (no_id, no_text, duplicate, too_large, unreadable).",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(fetched.clone()))?;
+        registry.register(Box::new(skipped.clone()))?;
+        Ok(Self { fetched, skipped })
+    }
+}
+
+#[derive(Debug)]
+pub struct FetchStage {
+    client: EutilsClient,
+    efetch_batch: usize,
+    elink_batch: usize,
+    fetch: FetchSettings,
+    store_settings: StoreSettings,
+    metrics: FetchMetrics,
+}
+
+impl FetchStage {
+    /// The stage, its metrics registered in `registry`.
+    pub fn new(settings: &Settings, registry: &Registry) -> prometheus::Result<Self> {
+        let limiter = Arc::new(RateLimiter::new(settings.ncbi.effective_rate()));
+        let eutils_metrics = EutilsMetrics::register(registry)?;
+        Ok(Self {
+            client: EutilsClient::new(&settings.ncbi, limiter, Some(eutils_metrics)),
+            efetch_batch: settings.ncbi.efetch_batch,
+            elink_batch: settings.ncbi.elink_batch,
+            fetch: settings.fetch.clone(),
+            store_settings: settings.store.clone(),
+            metrics: FetchMetrics::register(registry)?,
+        })
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_record_bytes: self.fetch.max_record_bytes,
+            max_depth: self.fetch.max_xml_depth,
+        }
+    }
+}
+
+fn eutils_error(e: EutilsError) -> StageError {
+    if e.is_retryable() {
+        StageError::retryable(e)
+    } else {
+        StageError::permanent(e)
+    }
+}
+
+/// Reads `jobs/{job}/job.json`.
+pub async fn load_spec(store: &dyn ObjectStore, job: JobId) -> Result<JobSpec, StageError> {
+    let key = keys::job_spec(job);
+    let bytes = store.get(&key).await.map_err(|e| match e {
+        StoreError::NotFound { .. } => {
+            StageError::permanent(format!("job {job}: {key} does not exist"))
+        }
+        other => other.into(),
+    })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| StageError::permanent(format!("job {job}: {key}: {e}")))
+}
+
+/// Collects articles into parts of `per_part`, keeping parts that already exist.
+struct Parts<'a> {
+    job: JobId,
+    store: &'a dyn ObjectStore,
+    per_part: usize,
+    max_articles: u64,
+    accepted: u64,
+    buffer: Vec<RawArticle>,
+    seen: HashSet<String>,
+    manifest: RawManifest,
+    metrics: &'a FetchMetrics,
+    db_label: &'static str,
+}
+
+impl<'a> Parts<'a> {
+    fn skip(&mut self, reason: &str) {
+        *self.manifest.skipped.entry(reason.to_string()).or_default() += 1;
+        self.metrics.skipped.with_label_values(&[reason]).inc();
+    }
+
+    fn full(&self) -> bool {
+        self.accepted >= self.max_articles
+    }
+
+    /// Keeps an article unless it has no id, no text, or was seen before.
+    fn accept(&mut self, article: RawArticle) {
+        if self.full() {
+            return;
+        }
+        if article.id.is_empty() {
+            return self.skip("no_id");
+        }
+        if article.title.is_empty()
+            && article.abstract_text.is_empty()
+            && article.body_sections.is_empty()
+        {
+            return self.skip("no_text");
+        }
+        if !self.seen.insert(article.id.clone()) {
+            return self.skip("duplicate");
+        }
+        self.accepted += 1;
+        self.buffer.push(article);
+    }
+
+    fn record_error(&mut self, e: &XmlError) {
+        self.skip(
+            if matches!(
+                e,
+                XmlError::RecordTooLarge { .. } | XmlError::NodeTooLarge { .. }
+            ) {
+                "too_large"
+            } else {
+                "unreadable"
+            },
+        );
+        if self.manifest.warnings.len() < 100 {
+            self.manifest.warnings.push(e.to_string());
+        }
+    }
+
+    fn next_part(&self) -> u32 {
+        self.manifest.parts.len() as u32
+    }
+
+    /// The part `part` if it exists already (a resumed job): its article count.
+    async fn existing(&self, part: u32) -> Result<Option<u64>, StageError> {
+        let key = keys::raw_part(self.job, part);
+        if !self.store.exists(&key).await? {
+            return Ok(None);
+        }
+        let batches = table::read(self.store, &key, &raw_schema()).await?;
+        let articles = from_batches(&key, &batches).map_err(StageError::permanent)?;
+        Ok(Some(articles.len() as u64))
+    }
+
+    /// Writes the buffered articles as the next part (or keeps the existing one).
+    async fn flush(&mut self) -> Result<(), StageError> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let part = self.next_part();
+        let key = keys::raw_part(self.job, part);
+        let articles = std::mem::take(&mut self.buffer);
+        let count = match self.existing(part).await? {
+            Some(n) => n,
+            None => {
+                let batch = to_batch(&key, &articles).map_err(StageError::permanent)?;
+                table::write(self.store, &key, &raw_schema(), &[batch]).await?;
+                self.metrics
+                    .fetched
+                    .with_label_values(&[self.db_label])
+                    .inc_by(articles.len() as u64);
+                articles.len() as u64
+            }
+        };
+        self.manifest.parts.push(RawPartInfo {
+            part,
+            key,
+            articles: count,
+        });
+        self.manifest.articles += count;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Stage for FetchStage {
+    type Task = FetchTask;
+
+    async fn process(
+        &self,
+        task: FetchTask,
+        ctx: &TaskContext,
+    ) -> Result<Vec<Outgoing>, StageError> {
+        let job = task.job_id;
+        let store = ctx.store.as_ref();
+        let manifest_key = keys::raw_manifest(job);
+        let manifest = match store.get(&manifest_key).await {
+            // Done before (a redelivery after the manifest was written): publish again, harmlessly.
+            Ok(bytes) => serde_json::from_slice::<RawManifest>(&bytes)
+                .map_err(|e| StageError::permanent(format!("{manifest_key}: {e}")))?,
+            Err(StoreError::NotFound { .. }) => {
+                let spec = load_spec(store, job).await?;
+                let mut status = StageStatus::load(store, job, STAGE).await?;
+                status.start();
+                status.save(store, job).await?;
+                let db_label = match (&spec.source, spec.db) {
+                    (ArticleSource::Files { .. }, _) => "files",
+                    (_, Database::Pmc) => "pmc",
+                    (_, Database::Pubmed) => "pubmed",
+                };
+                let mut parts = Parts {
+                    job,
+                    store,
+                    per_part: self.fetch.articles_per_part,
+                    max_articles: spec.max_articles,
+                    accepted: 0,
+                    buffer: Vec::new(),
+                    seen: HashSet::new(),
+                    manifest: RawManifest {
+                        version: 1,
+                        job_id: job,
+                        parts: vec![],
+                        articles: 0,
+                        skipped: BTreeMap::new(),
+                        warnings: vec![],
+                    },
+                    metrics: &self.metrics,
+                    db_label,
+                };
+                match &spec.source {
+                    ArticleSource::Eutils => {
+                        self.fetch_eutils(&spec, &mut parts, &mut status).await?
+                    }
+                    ArticleSource::Files { path } => {
+                        self.fetch_files(path, &mut parts, &mut status).await?
+                    }
+                }
+                let manifest = parts.manifest;
+                let body = serde_json::to_vec_pretty(&manifest).expect("manifest is plain data");
+                store.put(&manifest_key, Bytes::from(body)).await?;
+                status.counts.insert("articles".into(), manifest.articles);
+                status
+                    .counts
+                    .insert("parts".into(), manifest.parts.len() as u64);
+                for (reason, n) in &manifest.skipped {
+                    status.counts.insert(format!("skipped_{reason}"), *n);
+                }
+                status.warnings = manifest.warnings.iter().take(20).cloned().collect();
+                status.finish();
+                status.save(store, job).await?;
+                tracing::info!(%job, articles = manifest.articles, parts = manifest.parts.len(), "fetch done");
+                manifest
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut out: Vec<Outgoing> = manifest
+            .parts
+            .iter()
+            .map(|p| {
+                Outgoing::task(&CleanTask {
+                    job_id: job,
+                    part: p.part,
+                })
+            })
+            .collect();
+        out.push(Outgoing::task(&PairsCheck { job_id: job }));
+        Ok(out)
+    }
+}
+
+impl FetchStage {
+    async fn fetch_eutils(
+        &self,
+        spec: &JobSpec,
+        parts: &mut Parts<'_>,
+        status: &mut StageStatus,
+    ) -> Result<(), StageError> {
+        let job = spec.job_id;
+        let store = parts.store;
+        let (db, jats) = match spec.db {
+            Database::Pmc => ("pmc", true),
+            Database::Pubmed => ("pubmed", false),
+        };
+        let ids_key = format!("jobs/{job}/raw/_ids.json");
+        let ids: Vec<String> = match store.get(&ids_key).await {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| StageError::permanent(format!("{ids_key}: {e}")))?,
+            Err(StoreError::NotFound { .. }) => {
+                let mut term = spec.query.clone();
+                if jats && spec.open_access_only {
+                    term = format!("({term}) AND \"open access\"[filter]");
+                }
+                let from = parse_date(spec.from.as_deref().unwrap_or("1800"), false)
+                    .map_err(eutils_error)?;
+                let to = match spec.to.as_deref() {
+                    Some(t) => parse_date(t, true).map_err(eutils_error)?,
+                    None => time::OffsetDateTime::now_utc().date(),
+                };
+                if from > to {
+                    return Err(StageError::permanent(format!(
+                        "job {job}: from {:?} is after to {:?}",
+                        spec.from, spec.to
+                    )));
+                }
+                let mut warnings = Vec::new();
+                let ids = self
+                    .client
+                    .search_ids(db, &term, from, to, spec.max_articles, &mut warnings)
+                    .await
+                    .map_err(eutils_error)?;
+                parts.manifest.warnings.extend(warnings.iter().cloned());
+                status.warnings = warnings;
+                store
+                    .put(
+                        &ids_key,
+                        Bytes::from(serde_json::to_vec(&ids).expect("ids")),
+                    )
+                    .await?;
+                ids
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if ids.is_empty() {
+            parts
+                .manifest
+                .warnings
+                .push(format!("the query {:?} found no articles", spec.query));
+        }
+        status.total = ids.len() as u64;
+        status.unit = "articles".into();
+        for chunk in ids.chunks(parts.per_part) {
+            let part = parts.next_part();
+            if let Some(n) = parts.existing(part).await? {
+                parts.manifest.parts.push(RawPartInfo {
+                    part,
+                    key: keys::raw_part(job, part),
+                    articles: n,
+                });
+                parts.manifest.articles += n;
+                for id in chunk {
+                    parts.seen.insert(id.clone());
+                }
+            } else {
+                let mut articles = Vec::new();
+                for batch in chunk.chunks(self.efetch_batch) {
+                    let body = self.client.efetch(db, batch).await.map_err(eutils_error)?;
+                    let name = format!("efetch {db} ({} ids from {})", batch.len(), batch[0]);
+                    let reader = if jats {
+                        ArticleReader::jats(std::io::Cursor::new(body), name, self.limits())
+                    } else {
+                        ArticleReader::pubmed(std::io::Cursor::new(body), name, self.limits())
+                    };
+                    for article in reader {
+                        match article {
+                            Ok(a) => articles.push(a),
+                            Err(e) if e.is_record_local() => parts.record_error(&e),
+                            // A cut-off or garbled response: fetch it again later.
+                            Err(e) => return Err(StageError::retryable(e)),
+                        }
+                    }
+                }
+                if !jats {
+                    self.add_citations(spec, &mut articles).await?;
+                }
+                for a in articles {
+                    parts.accept(a);
+                }
+                parts.flush().await?;
+            }
+            status.done += chunk.len() as u64;
+            status
+                .counts
+                .insert("articles".into(), parts.manifest.articles);
+            status.save(store, job).await?;
+        }
+        Ok(())
+    }
+
+    /// PubMed records rarely carry their reference list: ask elink for it (and "cited by" if the
+    /// job wants it). Links become references; the pair-builder treats citation pairs as undirected.
+    async fn add_citations(
+        &self,
+        spec: &JobSpec,
+        articles: &mut [RawArticle],
+    ) -> Result<(), StageError> {
+        let pmids: Vec<String> = articles.iter().filter_map(|a| a.pmid.clone()).collect();
+        let mut links: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut names = vec!["pubmed_pubmed_refs"];
+        if spec.cited_by {
+            names.push("pubmed_pubmed_citedin");
+        }
+        for name in names {
+            for batch in pmids.chunks(self.elink_batch) {
+                for (id, linked) in self.client.elink(name, batch).await.map_err(eutils_error)? {
+                    links.entry(id).or_default().extend(linked);
+                }
+            }
+        }
+        for a in articles.iter_mut() {
+            let Some(linked) = a.pmid.as_ref().and_then(|p| links.get(p)) else {
+                continue;
+            };
+            for pmid in linked {
+                if !a.references.iter().any(|r| r.pmid.as_ref() == Some(pmid)) {
+                    a.references.push(Reference {
+                        pmid: Some(pmid.clone()),
+                        pmcid: None,
+                        doi: None,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn fetch_files(
+        &self,
+        path: &str,
+        parts: &mut Parts<'_>,
+        status: &mut StageStatus,
+    ) -> Result<(), StageError> {
+        let job = parts.job;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Item>(256);
+        let limits = self.limits();
+        let producer: tokio::task::JoinHandle<Result<(), StageError>> = if let Some(rest) =
+            path.strip_prefix("s3://")
+        {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let (bucket, prefix) = (bucket.to_string(), prefix.to_string());
+            let mut settings = self.store_settings.clone();
+            settings.bucket = bucket.clone();
+            settings.prefix = String::new();
+            let source = S3Store::new(&settings).await?;
+            let files: Vec<String> = source
+                .list(&prefix)
+                .await?
+                .into_iter()
+                .map(|m| m.key)
+                .filter(|k| FileKind::of(k).is_some())
+                .collect();
+            status.total = files.len() as u64;
+            tokio::spawn(async move {
+                for key in files {
+                    let data = source.get(&key).await?;
+                    let tx = tx.clone();
+                    let name = format!("s3://{bucket}/{key}");
+                    tokio::task::spawn_blocking(move || send_file_bytes(&name, &data, limits, &tx))
+                        .await
+                        .expect("reader does not panic");
+                }
+                Ok(())
+            })
+        } else {
+            let files = list_local(std::path::Path::new(path))
+                .map_err(|e| StageError::permanent(format!("source files:{path}: {e}")))?;
+            status.total = files.len() as u64;
+            tokio::task::spawn_blocking(move || {
+                for file in files {
+                    let name = file.display().to_string();
+                    let kind = FileKind::of(&name).expect("listed files have a known kind");
+                    match std::fs::File::open(&file) {
+                        Ok(f) => send_file(&name, kind, f, limits, &tx),
+                        Err(e) => {
+                            let _ = tx.blocking_send(Item::FileError(format!("{name}: {e}")));
+                        }
+                    }
+                    if tx.blocking_send(Item::FileDone).is_err() {
+                        break;
+                    }
+                }
+                Ok(())
+            })
+        };
+        status.unit = "files".into();
+        while let Some(item) = rx.recv().await {
+            match item {
+                Item::Article(a) => {
+                    parts.accept(*a);
+                    if parts.buffer.len() >= parts.per_part {
+                        parts.flush().await?;
+                        status
+                            .counts
+                            .insert("articles".into(), parts.manifest.articles);
+                        status.save(parts.store, job).await?;
+                    }
+                }
+                Item::RecordError(e) => parts.record_error(&e),
+                Item::FileError(e) => {
+                    parts.skip("unreadable");
+                    parts.manifest.warnings.push(e);
+                }
+                Item::FileDone => status.done += 1,
+            }
+            if parts.full() {
+                break;
+            }
+        }
+        drop(rx);
+        parts.flush().await?;
+        match producer.await {
+            Ok(result) => result,
+            Err(e) => Err(StageError::permanent(format!("file reader failed: {e}"))),
+        }
+    }
+}
+
+/// What the file-reading thread sends to the part writer.
+enum Item {
+    Article(Box<RawArticle>),
+    RecordError(XmlError),
+    FileError(String),
+    FileDone,
+}
+
+fn send_file(
+    name: &str,
+    kind: FileKind,
+    input: impl std::io::Read,
+    limits: Limits,
+    tx: &tokio::sync::mpsc::Sender<Item>,
+) {
+    let mut each = |r: Result<RawArticle, XmlError>| {
+        let _ = tx.blocking_send(match r {
+            Ok(a) => Item::Article(Box::new(a)),
+            Err(e) => Item::RecordError(e),
+        });
+    };
+    let mut on_doc = |e: crate::files::FileError| {
+        let _ = tx.blocking_send(Item::FileError(e.to_string()));
+    };
+    if let Err(e) = read_file(name, kind, input, limits, &mut each, &mut on_doc) {
+        let _ = tx.blocking_send(Item::FileError(e.to_string()));
+    }
+}
+
+fn send_file_bytes(name: &str, data: &[u8], limits: Limits, tx: &tokio::sync::mpsc::Sender<Item>) {
+    let Some(kind) = FileKind::of(name) else {
+        return;
+    };
+    let mut each = |r: Result<RawArticle, XmlError>| {
+        let _ = tx.blocking_send(match r {
+            Ok(a) => Item::Article(Box::new(a)),
+            Err(e) => Item::RecordError(e),
+        });
+    };
+    let mut on_doc = |e: crate::files::FileError| {
+        let _ = tx.blocking_send(Item::FileError(e.to_string()));
+    };
+    if let Err(e) = read_bytes(name, kind, data, limits, &mut each, &mut on_doc) {
+        let _ = tx.blocking_send(Item::FileError(e.to_string()));
+    }
+    let _ = tx.blocking_send(Item::FileDone);
+}
+
+/// Bulk files under `path` (or `path` itself), sorted by name so parts are deterministic.
+pub fn list_local(path: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    if path.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    if !path.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no such file or directory",
+        ));
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let p = entry?.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if FileKind::of(&p.to_string_lossy()).is_some() {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
