@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::xml::{Element, Limits, RecordReader, XmlError};
 
 /// Which XML format an article came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SourceFormat {
     Pubmed,
@@ -168,9 +168,12 @@ impl<R: BufRead> ArticleReader<R> {
 impl<R: BufRead> Iterator for ArticleReader<R> {
     type Item = Result<RawArticle, XmlError>;
     fn next(&mut self) -> Option<Self::Item> {
-        self.records
-            .next_record()
-            .transpose()
-            .map(|r| r.map(|e| (self.parse)(&e)))
+        self.records.next_record().transpose().map(|r| {
+            r.map(|e| {
+                let mut article = (self.parse)(&e);
+                article.id = article.canonical_id().unwrap_or_default();
+                article
+            })
+        })
     }
 }

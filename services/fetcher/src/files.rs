@@ -65,10 +65,8 @@ pub enum FileError {
         name: String,
         source: std::io::Error,
     },
-    #[error(
-        "{name}: neither PubMed XML nor JATS (no PubmedArticleSet, MedlineCitationSet, pmc-articleset or article root)"
-    )]
-    UnknownFormat { name: String },
+    #[error("{name}: {what}, not PubMed XML or JATS")]
+    UnknownFormat { name: String, what: &'static str },
 }
 
 /// Reads every article of one XML document, calling `each` for each article or record error.
@@ -91,8 +89,17 @@ pub fn read_document(
         // Let the parser report the empty document in its own words.
         XmlFormat::Pubmed
     } else {
-        sniff(&head[..head.len().min(16 * 1024)]).ok_or_else(|| FileError::UnknownFormat {
+        let head = &head[..head.len().min(16 * 1024)];
+        sniff(head).ok_or_else(|| FileError::UnknownFormat {
             name: name.to_string(),
+            what: if String::from_utf8_lossy(head)
+                .to_ascii_lowercase()
+                .contains("<html")
+            {
+                "an HTML page (an error page saved as a file?)"
+            } else {
+                "no PubmedArticleSet, MedlineCitationSet, pmc-articleset or article root"
+            },
         })?
     };
     let reader = match format {

