@@ -1,0 +1,250 @@
+//! `medembed`: submit collection jobs and follow them.
+//!
+//! `submit` writes `jobs/{job}/job.json` and queues the job's fetch task; `status` reads what each
+//! stage reports in `jobs/{job}/status/`. Both use the same settings as the workers (defaults →
+//! `--config FILE` → `MEDEMBED__…` environment), so they reach the same broker and store.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::{Parser, Subcommand, ValueEnum};
+use medembed_fetcher::eutils::parse_date;
+use medembed_pipeline::config::{QueueBackend, Settings};
+use medembed_pipeline::messages::{
+    self, ArticleSource, Database, FetchTask, JobId, JobSpec, MESSAGE_VERSION, TaskMessage,
+};
+use medembed_pipeline::status::{StageState, StageStatus, now_rfc3339};
+use medembed_pipeline::store::{ObjectStore, StoreError};
+use medembed_pipeline::{keys, queue, store};
+
+/// The stages in pipeline order, as they report in `jobs/{job}/status/`.
+const STAGES: &[&str] = &["fetch", "clean", "pairs", "train", "index"];
+
+/// medembed: from a biomedical literature query to a fine-tuned embedding model and a semantic
+/// search index. Settings: compiled-in defaults, then --config FILE, then MEDEMBED__SECTION__KEY
+/// environment variables (see configs/default.toml).
+#[derive(Debug, Parser)]
+#[command(name = "medembed", version)]
+struct Cli {
+    /// A TOML settings file layered over the defaults (e.g. configs/distributed.toml).
+    #[arg(long, global = true, value_name = "FILE", env = "MEDEMBED_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Db {
+    /// PubMed Central: full texts (JATS).
+    Pmc,
+    /// PubMed: abstracts with MeSH terms.
+    Pubmed,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a collection job and queue it for the workers; prints the job id.
+    Submit {
+        /// The literature query, in PubMed search syntax (e.g. "cancer immunotherapy").
+        #[arg(long)]
+        query: String,
+        /// Database to collect from.
+        #[arg(long, value_enum, default_value = "pmc")]
+        db: Db,
+        /// First publication date: YYYY, YYYY/MM or YYYY/MM/DD.
+        #[arg(long)]
+        from: Option<String>,
+        /// Last publication date: YYYY, YYYY/MM or YYYY/MM/DD.
+        #[arg(long)]
+        to: Option<String>,
+        /// Stop after this many articles.
+        #[arg(long, default_value_t = 1000)]
+        max_articles: u64,
+        /// `eutils` (NCBI E-utilities, for --query) or `files:PATH` (a directory, file or
+        /// s3://bucket/prefix of PubMed .xml.gz, PMC .nxml/.xml or .tar.gz packages).
+        #[arg(long, default_value = "eutils")]
+        source: String,
+        /// For PMC: also collect articles that are not open access (default: open access only,
+        /// so that full texts are ones you may process).
+        #[arg(long)]
+        include_non_open_access: bool,
+        /// For PubMed: also collect "cited by" links, not only references.
+        #[arg(long)]
+        cited_by: bool,
+    },
+    /// Show each stage of a job: state, progress, counts, timings, last error. Without a job id,
+    /// list the jobs, newest last.
+    Status {
+        /// The job id printed by `submit`.
+        job: Option<String>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let settings = Settings::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Submit {
+            query,
+            db,
+            from,
+            to,
+            max_articles,
+            source,
+            include_non_open_access,
+            cited_by,
+        } => {
+            let source: ArticleSource = source.parse().map_err(anyhow::Error::msg)?;
+            if query.trim().is_empty() && source == ArticleSource::Eutils {
+                bail!("--query is empty: E-utilities needs a query");
+            }
+            if max_articles == 0 {
+                bail!("--max-articles must be at least 1");
+            }
+            let first = from
+                .as_deref()
+                .map(|d| parse_date(d, false))
+                .transpose()
+                .context("--from")?;
+            let last = to
+                .as_deref()
+                .map(|d| parse_date(d, true))
+                .transpose()
+                .context("--to")?;
+            if let (Some(a), Some(b)) = (first, last)
+                && a > b
+            {
+                bail!(
+                    "--from {} is after --to {}",
+                    from.unwrap_or_default(),
+                    to.unwrap_or_default()
+                );
+            }
+            if settings.queue.backend == QueueBackend::Memory {
+                bail!(
+                    "submit queues the job on RabbitMQ, but queue.backend is \"memory\": use a distributed config (queue.backend = \"amqp\", e.g. --config configs/distributed.toml)"
+                );
+            }
+            let spec = JobSpec {
+                version: MESSAGE_VERSION,
+                job_id: JobId::new(),
+                created_at: now_rfc3339(),
+                query,
+                db: match db {
+                    Db::Pmc => Database::Pmc,
+                    Db::Pubmed => Database::Pubmed,
+                },
+                from,
+                to,
+                max_articles,
+                source,
+                open_access_only: !include_non_open_access,
+                cited_by,
+            };
+            submit(&settings, &spec).await?;
+            println!("{}", spec.job_id);
+        }
+        Command::Status { job: Some(job) } => {
+            let job: JobId = job.parse().context("not a job id")?;
+            let store = store::open(&settings.store).await?;
+            print!("{}", status_report(store.as_ref(), job).await?);
+        }
+        Command::Status { job: None } => {
+            let store = store::open(&settings.store).await?;
+            for line in list_jobs(store.as_ref()).await? {
+                println!("{line}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes the job spec, then queues its fetch task (in that order: a worker must find the spec).
+async fn submit(settings: &Settings, spec: &JobSpec) -> anyhow::Result<()> {
+    let store = store::open(&settings.store).await?;
+    let key = keys::job_spec(spec.job_id);
+    store
+        .put(&key, Bytes::from(serde_json::to_vec_pretty(spec)?))
+        .await
+        .with_context(|| format!("writing {key}"))?;
+    let queue = queue::open(&settings.queue).await?;
+    let task = FetchTask {
+        job_id: spec.job_id,
+    };
+    queue
+        .publish(FetchTask::QUEUE, &messages::encode(&task))
+        .await?;
+    queue.close().await;
+    Ok(())
+}
+
+/// One line per job: id, creation time, query.
+async fn list_jobs(store: &dyn ObjectStore) -> anyhow::Result<Vec<String>> {
+    let mut lines = Vec::new();
+    for meta in store.list("jobs/").await? {
+        if !meta.key.ends_with("/job.json") {
+            continue;
+        }
+        let spec: JobSpec = match serde_json::from_slice(&store.get(&meta.key).await?) {
+            Ok(s) => s,
+            Err(e) => {
+                lines.push(format!("{}: unreadable: {e}", meta.key));
+                continue;
+            }
+        };
+        lines.push(format!(
+            "{}  {}  {:?}",
+            spec.job_id, spec.created_at, spec.query
+        ));
+    }
+    Ok(lines)
+}
+
+/// The human-readable status of a job.
+async fn status_report(store: &dyn ObjectStore, job: JobId) -> anyhow::Result<String> {
+    let spec: JobSpec = match store.get(&keys::job_spec(job)).await {
+        Ok(bytes) => serde_json::from_slice(&bytes)?,
+        Err(StoreError::NotFound { .. }) => bail!("job {job} does not exist in this store"),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = format!(
+        "job {job}\n  query {:?}  db {:?}  dates {}..{}  max {}  source {:?}\n",
+        spec.query,
+        spec.db,
+        spec.from.as_deref().unwrap_or("*"),
+        spec.to.as_deref().unwrap_or("*"),
+        spec.max_articles,
+        spec.source
+    );
+    for stage in STAGES {
+        let s = StageStatus::load(store, job, stage).await?;
+        let state = match s.state {
+            StageState::Pending => "pending",
+            StageState::Running => "running",
+            StageState::Done => "done",
+            StageState::Failed => "FAILED",
+        };
+        let progress = if s.total > 0 {
+            format!("  {}/{} {}", s.done, s.total, s.unit)
+        } else {
+            String::new()
+        };
+        let counts: Vec<String> = s.counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        out.push_str(&format!(
+            "  {stage:<6} {state:<8}{progress}  {}\n",
+            counts.join(" ")
+        ));
+        if let (Some(a), Some(b)) = (&s.started_at, &s.finished_at) {
+            out.push_str(&format!("         started {a}, finished {b}\n"));
+        }
+        for w in s.warnings.iter().take(5) {
+            out.push_str(&format!("         warning: {w}\n"));
+        }
+        if let Some(e) = &s.last_error {
+            out.push_str(&format!("         last error: {e}\n"));
+        }
+    }
+    Ok(out)
+}
