@@ -218,6 +218,8 @@ impl<S: Stage> Worker<S> {
             while running.try_join_next().is_some() {}
         }
         consumer.cancel().await;
+        // Tasks that finished since the last delivery still sit in the set until joined.
+        while running.try_join_next().is_some() {}
         let in_flight = running.len();
         if in_flight > 0 {
             tracing::info!(
@@ -240,7 +242,7 @@ impl<S: Stage> Worker<S> {
             running.abort_all();
             while running.join_next().await.is_some() {}
         }
-        drop(consumer);
+        consumer.close().await;
         tracing::info!(stage = name, "worker stopped");
         Ok(())
     }

@@ -614,6 +614,13 @@ impl Consumer for AmqpConsumer {
                 .await;
         }
     }
+
+    async fn close(&mut self) {
+        self.stream = None;
+        if let Some(channel) = self.channel.take() {
+            let _ = channel.close(200, "consumer done".into()).await;
+        }
+    }
 }
 
 struct AmqpSettle {

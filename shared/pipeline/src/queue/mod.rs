@@ -116,6 +116,9 @@ pub trait Consumer: Send {
     async fn next(&mut self) -> Option<Delivery>;
     /// Stops new deliveries; deliveries already handed out can still be settled.
     async fn cancel(&mut self);
+    /// Releases the consumer's channel once its deliveries are settled; unsettled ones go back
+    /// to the queue.
+    async fn close(&mut self) {}
 }
 
 /// How a delivery is settled; one implementation per queue backend.
