@@ -91,8 +91,14 @@ async fn eutil(
                 .take(retmax)
                 .map(|id| format!("<Id>{id}</Id>"))
                 .collect();
+            // An empty result comes with NCBI's ErrorList, as in the real esearch8 fixture.
+            let errors = if r.ids.is_empty() {
+                "<ErrorList><PhraseNotFound>zzqx</PhraseNotFound></ErrorList>"
+            } else {
+                ""
+            };
             let body = format!(
-                "<?xml version=\"1.0\" encoding=\"UTF-8\" ?>\n<eSearchResult><Count>{}</Count><RetMax>{}</RetMax><RetStart>0</RetStart><QueryKey>1</QueryKey><WebEnv>MCID_test</WebEnv><IdList>{ids}</IdList></eSearchResult>",
+                "<?xml version=\"1.0\" encoding=\"UTF-8\" ?>\n<eSearchResult><Count>{}</Count><RetMax>{}</RetMax><RetStart>0</RetStart><QueryKey>1</QueryKey><WebEnv>MCID_test</WebEnv><IdList>{ids}</IdList>{errors}</eSearchResult>",
                 r.ids.len(),
                 retmax.min(r.ids.len())
             );
@@ -582,4 +588,92 @@ fn esearch_and_elink_fixtures_parse() {
     assert!(error.is_ok_and(|r| r.warnings.iter().any(|w| w.contains("fleegle"))));
     let links = parse_elink(&read("biopython_elink3_pubmed_2ids_mindate.xml")).expect("elink");
     assert!(links.contains_key("11812492") && links["11812492"].contains(&"39386366".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_result_finishes_the_job_with_the_warning_in_its_status() {
+    let (addr, _replay) = start_replay(0, 1000, 0.0).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()).expect("store"));
+    let job = new_job(store.as_ref(), ArticleSource::Eutils, Database::Pmc, 100).await;
+    let stage =
+        FetchStage::new(&settings(addr, "50"), &prometheus::Registry::new()).expect("stage");
+    let outputs = stage
+        .process(
+            FetchTask { job_id: job },
+            &TaskContext {
+                store: store.clone(),
+                attempt: 1,
+            },
+        )
+        .await
+        .expect("an empty result is not an error");
+    let m = manifest(store.as_ref(), job).await;
+    assert_eq!(m.articles, 0);
+    assert!(m.parts.is_empty());
+    assert_eq!(outputs.len(), 1, "only the pairs check");
+    let status = medembed_pipeline::status::StageStatus::load(store.as_ref(), job, "fetch")
+        .await
+        .expect("status");
+    assert!(
+        status.warnings.iter().any(|w| w == "PhraseNotFound: zzqx"),
+        "{:?}",
+        status.warnings
+    );
+    assert!(
+        status
+            .warnings
+            .iter()
+            .any(|w| w.contains("found no articles")),
+        "{:?}",
+        status.warnings
+    );
+}
+
+#[tokio::test]
+async fn articles_without_text_are_skipped_and_counted() {
+    let src = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        src.path().join("x.xml"),
+        "<PubmedArticleSet><PubmedArticle><MedlineCitation><PMID>5</PMID><Article></Article></MedlineCitation></PubmedArticle>\
+         <PubmedArticle><MedlineCitation><PMID>6</PMID><Article><ArticleTitle>Kept</ArticleTitle></Article></MedlineCitation></PubmedArticle>\
+         <PubmedArticle><MedlineCitation><Article><ArticleTitle>No id</ArticleTitle></Article></MedlineCitation></PubmedArticle></PubmedArticleSet>",
+    )
+    .expect("write");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()).expect("store"));
+    let job = new_job(
+        store.as_ref(),
+        ArticleSource::Files {
+            path: src.path().display().to_string(),
+        },
+        Database::Pubmed,
+        10,
+    )
+    .await;
+    let registry = prometheus::Registry::new();
+    let stage = FetchStage::new(
+        &settings("127.0.0.1:9".parse().expect("addr"), "10"),
+        &registry,
+    )
+    .expect("stage");
+    stage
+        .process(
+            FetchTask { job_id: job },
+            &TaskContext {
+                store: store.clone(),
+                attempt: 1,
+            },
+        )
+        .await
+        .expect("fetch");
+    let m = manifest(store.as_ref(), job).await;
+    assert_eq!(m.articles, 1);
+    assert_eq!(m.skipped.get("no_text"), Some(&1));
+    assert_eq!(m.skipped.get("no_id"), Some(&1));
+    let metrics = medembed_pipeline::metrics::render(&registry);
+    assert!(
+        metrics.contains("medembed_articles_skipped_total{reason=\"no_text\"} 1"),
+        "{metrics}"
+    );
 }
