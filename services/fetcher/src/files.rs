@@ -5,7 +5,7 @@
 //! The format of each XML document is sniffed from its first bytes (root element), not trusted
 //! from its name: baseline files and PMC files are both `.xml`.
 
-use std::io::{BufRead, BufReader, Cursor, Read};
+use std::io::{BufRead, BufReader, Read};
 
 use crate::article::{ArticleReader, RawArticle};
 use crate::xml::{Limits, XmlError};
@@ -167,25 +167,6 @@ pub fn read_file(
             Ok(())
         }
     }
-}
-
-/// Reads a whole file already in memory (from the object store).
-pub fn read_bytes(
-    name: &str,
-    kind: FileKind,
-    data: &[u8],
-    limits: Limits,
-    each: &mut dyn FnMut(Result<RawArticle, XmlError>),
-    on_document_error: &mut dyn FnMut(FileError),
-) -> Result<(), FileError> {
-    read_file(
-        name,
-        kind,
-        Cursor::new(data),
-        limits,
-        each,
-        on_document_error,
-    )
 }
 
 #[cfg(test)]

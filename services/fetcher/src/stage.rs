@@ -24,7 +24,7 @@ use prometheus::{IntCounterVec, Opts, Registry};
 
 use crate::article::{ArticleReader, RawArticle, Reference};
 use crate::eutils::{EutilsClient, EutilsError, EutilsMetrics, RateLimiter, parse_date};
-use crate::files::{FileKind, read_bytes, read_file};
+use crate::files::{FileKind, read_file};
 use crate::raw::{RawManifest, RawPartInfo, from_batches, raw_schema, to_batch};
 use crate::xml::{Limits, XmlError};
 
@@ -459,55 +459,59 @@ impl FetchStage {
         let job = parts.job;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Item>(256);
         let limits = self.limits();
-        let producer: tokio::task::JoinHandle<Result<(), StageError>> = if let Some(rest) =
-            path.strip_prefix("s3://")
-        {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            let (bucket, prefix) = (bucket.to_string(), prefix.to_string());
-            let mut settings = self.store_settings.clone();
-            settings.bucket = bucket.clone();
-            settings.prefix = String::new();
-            let source = S3Store::new(&settings).await?;
-            let files: Vec<String> = source
-                .list(&prefix)
-                .await?
-                .into_iter()
-                .map(|m| m.key)
-                .filter(|k| FileKind::of(k).is_some())
-                .collect();
-            status.total = files.len() as u64;
-            tokio::spawn(async move {
-                for key in files {
-                    let data = source.get(&key).await?;
-                    let tx = tx.clone();
-                    let name = format!("s3://{bucket}/{key}");
-                    tokio::task::spawn_blocking(move || send_file_bytes(&name, &data, limits, &tx))
+        let producer: tokio::task::JoinHandle<Result<(), StageError>> =
+            if let Some(rest) = path.strip_prefix("s3://") {
+                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+                let (bucket, prefix) = (bucket.to_string(), prefix.to_string());
+                let mut settings = self.store_settings.clone();
+                settings.bucket = bucket.clone();
+                settings.prefix = String::new();
+                let source = S3Store::new(&settings).await?;
+                let files: Vec<String> = source
+                    .list(&prefix)
+                    .await?
+                    .into_iter()
+                    .map(|m| m.key)
+                    .filter(|k| FileKind::of(k).is_some())
+                    .collect();
+                status.total = files.len() as u64;
+                tokio::spawn(async move {
+                    for key in files {
+                        let data = source.get(&key).await?;
+                        let tx = tx.clone();
+                        let name = format!("s3://{bucket}/{key}");
+                        tokio::task::spawn_blocking(move || {
+                            if let Some(kind) = FileKind::of(&name) {
+                                send_file(&name, kind, std::io::Cursor::new(data), limits, &tx);
+                            }
+                            let _ = tx.blocking_send(Item::FileDone);
+                        })
                         .await
                         .expect("reader does not panic");
-                }
-                Ok(())
-            })
-        } else {
-            let files = list_local(std::path::Path::new(path))
-                .map_err(|e| StageError::permanent(format!("source files:{path}: {e}")))?;
-            status.total = files.len() as u64;
-            tokio::task::spawn_blocking(move || {
-                for file in files {
-                    let name = file.display().to_string();
-                    let kind = FileKind::of(&name).expect("listed files have a known kind");
-                    match std::fs::File::open(&file) {
-                        Ok(f) => send_file(&name, kind, f, limits, &tx),
-                        Err(e) => {
-                            let _ = tx.blocking_send(Item::FileError(format!("{name}: {e}")));
+                    }
+                    Ok(())
+                })
+            } else {
+                let files = list_local(std::path::Path::new(path))
+                    .map_err(|e| StageError::permanent(format!("source files:{path}: {e}")))?;
+                status.total = files.len() as u64;
+                tokio::task::spawn_blocking(move || {
+                    for file in files {
+                        let name = file.display().to_string();
+                        let kind = FileKind::of(&name).expect("listed files have a known kind");
+                        match std::fs::File::open(&file) {
+                            Ok(f) => send_file(&name, kind, f, limits, &tx),
+                            Err(e) => {
+                                let _ = tx.blocking_send(Item::FileError(format!("{name}: {e}")));
+                            }
+                        }
+                        if tx.blocking_send(Item::FileDone).is_err() {
+                            break;
                         }
                     }
-                    if tx.blocking_send(Item::FileDone).is_err() {
-                        break;
-                    }
-                }
-                Ok(())
-            })
-        };
+                    Ok(())
+                })
+            };
         status.unit = "files".into();
         while let Some(item) = rx.recv().await {
             match item {
@@ -568,25 +572,6 @@ fn send_file(
     if let Err(e) = read_file(name, kind, input, limits, &mut each, &mut on_doc) {
         let _ = tx.blocking_send(Item::FileError(e.to_string()));
     }
-}
-
-fn send_file_bytes(name: &str, data: &[u8], limits: Limits, tx: &tokio::sync::mpsc::Sender<Item>) {
-    let Some(kind) = FileKind::of(name) else {
-        return;
-    };
-    let mut each = |r: Result<RawArticle, XmlError>| {
-        let _ = tx.blocking_send(match r {
-            Ok(a) => Item::Article(Box::new(a)),
-            Err(e) => Item::RecordError(e),
-        });
-    };
-    let mut on_doc = |e: crate::files::FileError| {
-        let _ = tx.blocking_send(Item::FileError(e.to_string()));
-    };
-    if let Err(e) = read_bytes(name, kind, data, limits, &mut each, &mut on_doc) {
-        let _ = tx.blocking_send(Item::FileError(e.to_string()));
-    }
-    let _ = tx.blocking_send(Item::FileDone);
 }
 
 /// Bulk files under `path` (or `path` itself), sorted by name so parts are deterministic.

@@ -228,6 +228,18 @@ async fn new_job(store: &dyn ObjectStore, source: ArticleSource, db: Database, m
     job_id
 }
 
+/// A job in a fresh local store (kept alive by the returned temp dir).
+async fn local_job(
+    source: ArticleSource,
+    db: Database,
+    max: u64,
+) -> (tempfile::TempDir, Arc<dyn ObjectStore>, JobId) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()).expect("store"));
+    let job = new_job(store.as_ref(), source, db, max).await;
+    (dir, store, job)
+}
+
 async fn manifest(store: &dyn ObjectStore, job: JobId) -> RawManifest {
     serde_json::from_slice(&store.get(&keys::raw_manifest(job)).await.expect("manifest"))
         .expect("json")
@@ -250,15 +262,7 @@ async fn all_articles(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_articles_within_the_rate_limit_cause_no_429() {
     let (addr, replay) = start_replay(1000, 10, 0.0).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()).expect("store"));
-    let job = new_job(
-        store.as_ref(),
-        ArticleSource::Eutils,
-        Database::Pubmed,
-        1000,
-    )
-    .await;
+    let (_dir, store, job) = local_job(ArticleSource::Eutils, Database::Pubmed, 1000).await;
     let registry = prometheus::Registry::new();
     let stage = FetchStage::new(&settings(addr, "10"), &registry).expect("stage");
     let ctx = TaskContext {
@@ -315,15 +319,7 @@ async fn a_thousand_articles_within_the_rate_limit_cause_no_429() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_429s_and_500s_are_retried_and_the_job_completes() {
     let (addr, replay) = start_replay(1000, 1000, 0.10).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()).expect("store"));
-    let job = new_job(
-        store.as_ref(),
-        ArticleSource::Eutils,
-        Database::Pubmed,
-        1000,
-    )
-    .await;
+    let (_dir, store, job) = local_job(ArticleSource::Eutils, Database::Pubmed, 1000).await;
     let registry = prometheus::Registry::new();
     let stage = FetchStage::new(&settings(addr, "50"), &registry).expect("stage");
     let ctx = TaskContext {
@@ -354,15 +350,7 @@ async fn random_429s_and_500s_are_retried_and_the_job_completes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_fetch_resumes_without_refetching_written_parts() {
     let (addr, replay) = start_replay(1000, 1000, 0.0).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()).expect("store"));
-    let job = new_job(
-        store.as_ref(),
-        ArticleSource::Eutils,
-        Database::Pubmed,
-        1000,
-    )
-    .await;
+    let (_dir, store, job) = local_job(ArticleSource::Eutils, Database::Pubmed, 1000).await;
     let cfg = settings(addr, "20");
     let ctx = TaskContext {
         store: store.clone(),
@@ -598,9 +586,7 @@ fn esearch_and_elink_fixtures_parse() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_result_finishes_the_job_with_the_warning_in_its_status() {
     let (addr, _replay) = start_replay(0, 1000, 0.0).await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()).expect("store"));
-    let job = new_job(store.as_ref(), ArticleSource::Eutils, Database::Pmc, 100).await;
+    let (_dir, store, job) = local_job(ArticleSource::Eutils, Database::Pmc, 100).await;
     let stage =
         FetchStage::new(&settings(addr, "50"), &prometheus::Registry::new()).expect("stage");
     let outputs = stage
@@ -645,10 +631,7 @@ async fn articles_without_text_are_skipped_and_counted() {
          <PubmedArticle><MedlineCitation><Article><ArticleTitle>No id</ArticleTitle></Article></MedlineCitation></PubmedArticle></PubmedArticleSet>",
     )
     .expect("write");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()).expect("store"));
-    let job = new_job(
-        store.as_ref(),
+    let (_dir, store, job) = local_job(
         ArticleSource::Files {
             path: src.path().display().to_string(),
         },
