@@ -796,3 +796,99 @@ async fn bulk_files_from_an_s3_prefix() {
         "{ids:?}"
     );
 }
+
+/// The real worker binary, over the dev RabbitMQ, SIGKILLed after two parts and restarted: the
+/// job finishes and only the missing parts are fetched again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkilled_fetcher_process_resumes_without_refetching() {
+    use medembed_pipeline::config::{QueueBackend, StoreBackend};
+    use medembed_pipeline::messages::TaskMessage;
+    let (addr, replay) = start_replay(1000, 1000, 0.0).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut env = medembed_pipeline::testing::dev_env(
+        &medembed_pipeline::testing::unique("fetchkill"),
+        QueueBackend::Amqp,
+        StoreBackend::Local,
+        dir.path(),
+    );
+    for (k, v) in [
+        ("MEDEMBED__NCBI__BASE_URL", format!("http://{addr}/eutils")),
+        ("MEDEMBED__NCBI__REQUESTS_PER_SECOND", "20".into()),
+        ("MEDEMBED__NCBI__EFETCH_BATCH", "50".into()),
+        ("MEDEMBED__FETCH__ARTICLES_PER_PART", "200".into()),
+    ] {
+        env.push((k.into(), v));
+    }
+    let cfg = Settings::load_with_env(None, env.clone()).expect("settings");
+    let store = medembed_pipeline::store::open(&cfg.store)
+        .await
+        .expect("store");
+    let queue = medembed_pipeline::queue::open(&cfg.queue)
+        .await
+        .expect("queue");
+    let job = new_job(
+        store.as_ref(),
+        ArticleSource::Eutils,
+        Database::Pubmed,
+        1000,
+    )
+    .await;
+    queue
+        .publish(
+            FetchTask::QUEUE,
+            &medembed_pipeline::messages::encode(&FetchTask { job_id: job }),
+        )
+        .await
+        .expect("publish");
+
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_medembed-fetcher"))
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn medembed-fetcher")
+    };
+    let raw_prefix = format!("jobs/{job}/raw/part-");
+    let mut worker = spawn();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while store.list(&raw_prefix).await.expect("list").len() < 2 {
+        assert!(Instant::now() < deadline, "no two parts within 60 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    worker.kill().expect("SIGKILL");
+    worker.wait().expect("reaped");
+    let written = store.list(&raw_prefix).await.expect("list").len();
+    assert!(written < 5, "the kill must land mid-job");
+    let fetched_before = replay.lock().expect("lock").fetched_ids.len();
+
+    let mut worker = spawn();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !store
+        .exists(&keys::raw_manifest(job))
+        .await
+        .expect("exists")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no manifest within 90 s after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    assert!(worker.wait().expect("exit").success(), "exits 0 on SIGTERM");
+    let m = manifest(store.as_ref(), job).await;
+    assert_eq!(m.articles, 1000);
+    let refetched = replay.lock().expect("lock").fetched_ids.len() - fetched_before;
+    // Written parts are never fetched again: exactly the missing ones are.
+    assert_eq!(
+        refetched,
+        1000 - written * 200,
+        "{written} parts were written before the kill"
+    );
+    queue.close().await;
+}
