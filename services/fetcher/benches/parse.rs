@@ -9,6 +9,10 @@ use std::time::Instant;
 use medembed_fetcher::ArticleReader;
 use medembed_fetcher::xml::Limits;
 
+/// The allocator the fetcher binary uses, so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 const TARGET_BYTES: usize = 100 * 1024 * 1024;
 
