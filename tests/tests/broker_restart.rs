@@ -46,6 +46,7 @@ async fn worker_reconnects_after_a_broker_restart() {
     let stopped_at = count().await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     rabbitmqctl("start_app");
+    rabbitmqctl("await_startup");
     drop(guard);
 
     let all = eventually(Duration::from_secs(120), || async {

@@ -24,6 +24,7 @@ use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
@@ -84,6 +85,15 @@ fn unavailable(queue: &str, e: impl std::fmt::Display) -> QueueError {
         queue: queue.to_string(),
         message: e.to_string(),
     }
+}
+
+/// PRECONDITION_FAILED: the queue exists with other arguments (a real conflict, not a hiccup).
+fn is_precondition_failed(e: &lapin::Error) -> bool {
+    matches!(
+        e.kind(),
+        lapin::ErrorKind::ProtocolError(p)
+            if matches!(p.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED))
+    )
 }
 
 fn long_string(s: &str) -> AMQPValue {
@@ -286,13 +296,33 @@ impl Inner {
                     .insert(queue.to_string());
                 Ok(())
             }
-            Err(e) if e.is_amqp_soft_error() => Err(QueueError::Topology {
+            Err(e) if is_precondition_failed(&e) => Err(QueueError::Topology {
                 queue: self.full_name(queue),
                 message: format!(
                     "{e} (the queue exists with other arguments: delete it or keep its settings)"
                 ),
             }),
             Err(e) => Err(unavailable(queue, e)),
+        }
+    }
+
+    /// [`Inner::ensure_declared`], retried with backoff while the broker is unavailable (e.g. it
+    /// refuses new queues for a few seconds after a restart); a topology conflict is final.
+    async fn declare_with_retry(&self, queue: &str) -> Result<Arc<Connection>> {
+        let started = tokio::time::Instant::now();
+        let mut delay = self.reconnect_initial;
+        loop {
+            let (connection, _) = self.link(Some(PUBLISH_PATIENCE)).await?;
+            match self.ensure_declared(&connection, queue).await {
+                Ok(()) => return Ok(connection),
+                Err(e @ QueueError::Topology { .. }) => return Err(e),
+                Err(e) if started.elapsed() >= PUBLISH_PATIENCE => return Err(e),
+                Err(e) => {
+                    tracing::warn!(queue, error = %e, retry_in_ms = delay.as_millis() as u64, "cannot declare the queue yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(self.reconnect_max);
+                }
+            }
         }
     }
 
@@ -410,8 +440,7 @@ fn with_password(url: &str, password: &str) -> String {
 #[async_trait]
 impl Queue for AmqpQueue {
     async fn declare(&self, queue: &str) -> Result<()> {
-        let (connection, _) = self.inner.link(Some(PUBLISH_PATIENCE)).await?;
-        self.inner.ensure_declared(&connection, queue).await
+        self.inner.declare_with_retry(queue).await.map(|_| ())
     }
 
     async fn publish(&self, queue: &str, body: &[u8]) -> Result<()> {
@@ -435,8 +464,7 @@ impl Queue for AmqpQueue {
     }
 
     async fn depth(&self, queue: &str) -> Result<u64> {
-        let (connection, _) = self.inner.link(Some(PUBLISH_PATIENCE)).await?;
-        self.inner.ensure_declared(&connection, queue).await?;
+        let connection = self.inner.declare_with_retry(queue).await?;
         let channel = connection
             .create_channel()
             .await
@@ -458,8 +486,7 @@ impl Queue for AmqpQueue {
     }
 
     async fn take_dead_letters(&self, queue: &str, max: usize) -> Result<Vec<DeadLetter>> {
-        let (connection, _) = self.inner.link(Some(PUBLISH_PATIENCE)).await?;
-        self.inner.ensure_declared(&connection, queue).await?;
+        let connection = self.inner.declare_with_retry(queue).await?;
         let dead = format!("{}.dead", self.inner.full_name(queue));
         let channel = connection
             .create_channel()
