@@ -10,8 +10,9 @@ pub mod eutils;
 pub mod files;
 pub mod jats;
 pub mod pubmed;
-pub mod raw;
 pub mod stage;
 pub mod xml;
+
+pub use medembed_corpus::raw;
 
 pub use article::{ArticleReader, MeshHeading, RawArticle, Reference, Section, SourceFormat};

@@ -25,8 +25,8 @@ use prometheus::{IntCounterVec, Opts, Registry};
 use crate::article::{ArticleReader, RawArticle, Reference};
 use crate::eutils::{EutilsClient, EutilsError, EutilsMetrics, RateLimiter, parse_date};
 use crate::files::{FileKind, read_file};
-use crate::raw::{RawManifest, RawPartInfo, from_batches, raw_schema, to_batch};
 use crate::xml::{Limits, XmlError};
+use medembed_corpus::raw::{RawManifest, RawPartInfo, from_batches, raw_schema, to_batch};
 
 const STAGE: &str = "fetch";
 

@@ -28,6 +28,21 @@ pub fn clean_part(job: JobId, part: u32) -> String {
     format!("jobs/{job}/clean/part-{part:05}.parquet")
 }
 
+/// `jobs/{job}/clean/part-NNNNN.stats.json`: written before its part (see `clean_part`).
+pub fn clean_part_stats(job: JobId, part: u32) -> String {
+    format!("jobs/{job}/clean/part-{part:05}.stats.json")
+}
+
+/// `jobs/{job}/clean/`.
+pub fn clean_prefix(job: JobId) -> String {
+    format!("jobs/{job}/clean/")
+}
+
+/// `jobs/{job}/pairs/{name}`: `train.parquet`, `eval_val.parquet`, `stats.json`, …
+pub fn pairs_file(job: JobId, name: &str) -> String {
+    format!("jobs/{job}/pairs/{name}")
+}
+
 /// Prefix of every object of a job.
 pub fn job_prefix(job: JobId) -> String {
     format!("jobs/{job}/")

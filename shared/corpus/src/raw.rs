@@ -8,15 +8,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Fields, Schema};
+
+use crate::rows::list_of;
 use arrow::record_batch::RecordBatch;
 use medembed_pipeline::messages::JobId;
 use serde::{Deserialize, Serialize};
 
 use crate::article::RawArticle;
-
-fn list_of(item: DataType) -> DataType {
-    DataType::List(Arc::new(Field::new("element", item, false)))
-}
+use crate::rows::{RowsError, rows_from_batches, rows_to_batch};
 
 fn section_struct() -> DataType {
     DataType::Struct(Fields::from(vec![
@@ -67,34 +66,14 @@ pub fn raw_schema() -> Arc<Schema> {
     ]))
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("raw part {key}: {message}")]
-pub struct RawPartError {
-    pub key: String,
-    pub message: String,
-}
-
 /// Articles as one record batch of the raw schema.
-pub fn to_batch(key: &str, articles: &[RawArticle]) -> Result<RecordBatch, RawPartError> {
-    let schema = raw_schema();
-    serde_arrow::to_record_batch(schema.fields(), &articles).map_err(|e| RawPartError {
-        key: key.to_string(),
-        message: e.to_string(),
-    })
+pub fn to_batch(key: &str, articles: &[RawArticle]) -> Result<RecordBatch, RowsError> {
+    rows_to_batch(key, &raw_schema(), articles)
 }
 
 /// Articles back from record batches of the raw schema.
-pub fn from_batches(key: &str, batches: &[RecordBatch]) -> Result<Vec<RawArticle>, RawPartError> {
-    let mut out = Vec::new();
-    for batch in batches {
-        let rows: Vec<RawArticle> =
-            serde_arrow::from_record_batch(batch).map_err(|e| RawPartError {
-                key: key.to_string(),
-                message: e.to_string(),
-            })?;
-        out.extend(rows);
-    }
-    Ok(out)
+pub fn from_batches(key: &str, batches: &[RecordBatch]) -> Result<Vec<RawArticle>, RowsError> {
+    rows_from_batches(key, batches)
 }
 
 /// One written raw part.
