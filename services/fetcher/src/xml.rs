@@ -168,6 +168,13 @@ impl Element {
             match node {
                 Node::Text(t) => out.push_str(t),
                 Node::Element(e) if skip.contains(&e.name.as_str()) => out.push(' '),
+                Node::Element(e) if e.is_superscript_citation() => {
+                    // "Korea<sup><xref>1</xref>–<xref>4</xref></sup>." flattened would read
+                    // "Korea1–4."; in brackets the cleaner knows it for a citation marker.
+                    out.push('[');
+                    e.collect_text(out, skip);
+                    out.push(']');
+                }
                 Node::Element(e) => {
                     let block = is_block(&e.name);
                     if block {
@@ -180,6 +187,20 @@ impl Element {
                 }
             }
         }
+    }
+}
+
+impl Element {
+    /// A JATS superscript holding only bibliography cross-references and separators.
+    fn is_superscript_citation(&self) -> bool {
+        self.name == "sup"
+            && self.elements().next().is_some()
+            && self.children.iter().all(|n| match n {
+                Node::Element(x) => x.name == "xref" && x.attr("ref-type") == Some("bibr"),
+                Node::Text(t) => t
+                    .chars()
+                    .all(|c| c.is_whitespace() || matches!(c, ',' | '-' | '\u{2013}' | '\u{2014}')),
+            })
     }
 }
 

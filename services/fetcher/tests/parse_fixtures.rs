@@ -497,3 +497,19 @@ fn one_300_mb_text_node_is_refused_with_bounded_memory() {
         peak / (1024 * 1024)
     );
 }
+
+#[test]
+fn jats_superscript_citations_are_bracketed_for_the_cleaner() {
+    let a = jats("jats/pubmed_client_PMC6000000.xml");
+    let body: String = a.body_sections.iter().map(|s| s.text.as_str()).collect();
+    // <sup><xref>1</xref>–<xref>4</xref></sup> after "Korea": a marker, not "Korea1–4".
+    assert!(
+        body.contains("more recently in Korea[1–4]."),
+        "superscript citation kept as a bracketed marker"
+    );
+    assert!(
+        body.contains("(39.1%)[5,6]."),
+        "list of superscript citations"
+    );
+    assert!(!body.contains("Korea1"));
+}

@@ -81,6 +81,8 @@ pub struct Settings {
     pub store: StoreSettings,
     pub ncbi: NcbiSettings,
     pub fetch: FetchSettings,
+    pub clean: CleanSettings,
+    pub pairs: PairSettings,
     pub runner: RunnerSettings,
     pub server: ServerSettings,
     pub log: LogSettings,
@@ -170,6 +172,44 @@ pub struct FetchSettings {
     pub articles_per_part: usize,
     pub max_record_bytes: u64,
     pub max_xml_depth: usize,
+}
+
+/// A part of an article that goes into its `text` (what is embedded and paired).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TextField {
+    Title,
+    Abstract,
+    Body,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CleanSettings {
+    pub text_fields: Vec<TextField>,
+    pub min_text_chars: usize,
+    pub min_letter_ratio: f64,
+    pub keep_body: bool,
+    pub expand_abbreviations: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairSettings {
+    pub seed: u64,
+    pub train_ratio: f64,
+    pub val_ratio: f64,
+    pub test_ratio: f64,
+    pub sources: Vec<String>,
+    pub mesh_threshold: f64,
+    pub keyword_threshold: f64,
+    pub major_weight: f64,
+    pub check_tags: Vec<String>,
+    pub max_posting: usize,
+    pub max_pairs_per_document: usize,
+    pub negative_ratio: f64,
+    pub hard_negatives: bool,
+    pub write_csv: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -322,6 +362,72 @@ impl Settings {
                 "store.secret_access_key",
                 "must be set when store.access_key_id is",
             ));
+        }
+        let c = &self.clean;
+        if c.text_fields.is_empty() {
+            return Err(invalid(
+                "clean.text_fields",
+                "name at least one of \"title\", \"abstract\", \"body\"",
+            ));
+        }
+        if !(0.0..=1.0).contains(&c.min_letter_ratio) {
+            return Err(invalid("clean.min_letter_ratio", "must be within 0..1"));
+        }
+        let p = &self.pairs;
+        for (key, ratio) in [
+            ("pairs.train_ratio", p.train_ratio),
+            ("pairs.val_ratio", p.val_ratio),
+            ("pairs.test_ratio", p.test_ratio),
+        ] {
+            if !(0.0..=1.0).contains(&ratio) {
+                return Err(invalid(key, format!("{ratio} is not within 0..1")));
+            }
+        }
+        let sum = p.train_ratio + p.val_ratio + p.test_ratio;
+        if (sum - 1.0).abs() > 1e-6 {
+            return Err(invalid(
+                "pairs.train_ratio",
+                format!("train_ratio + val_ratio + test_ratio must be 1, not {sum}"),
+            ));
+        }
+        if p.train_ratio == 0.0 {
+            return Err(invalid("pairs.train_ratio", "must be above 0"));
+        }
+        if let Some(s) = p
+            .sources
+            .iter()
+            .find(|s| !["citation", "mesh", "keyword"].contains(&s.as_str()))
+        {
+            return Err(invalid(
+                "pairs.sources",
+                format!("unknown source {s:?}: use \"citation\", \"mesh\" or \"keyword\""),
+            ));
+        }
+        if p.sources.is_empty() {
+            return Err(invalid("pairs.sources", "name at least one source"));
+        }
+        for (key, t) in [
+            ("pairs.mesh_threshold", p.mesh_threshold),
+            ("pairs.keyword_threshold", p.keyword_threshold),
+        ] {
+            if !(t > 0.0 && t <= 1.0) {
+                return Err(invalid(key, format!("{t} is not within (0, 1]")));
+            }
+        }
+        if !(p.major_weight >= 1.0 && p.major_weight <= 100.0) {
+            return Err(invalid("pairs.major_weight", "must be within 1..100"));
+        }
+        if p.max_posting < 2 {
+            return Err(invalid("pairs.max_posting", "must be at least 2"));
+        }
+        if p.max_pairs_per_document == 0 {
+            return Err(invalid(
+                "pairs.max_pairs_per_document",
+                "must be at least 1",
+            ));
+        }
+        if !(0.0..=100.0).contains(&p.negative_ratio) {
+            return Err(invalid("pairs.negative_ratio", "must be within 0..100"));
         }
         let n = &self.ncbi;
         if !(n.base_url.starts_with("http://") || n.base_url.starts_with("https://")) {
