@@ -364,6 +364,7 @@ fn short_non_text_and_duplicate_records_are_dropped_and_counted() {
     same_content.id = "pmid:1".into();
     same_content.pmid = Some("1".into());
     same_content.doi = None;
+    same_content.pmcid = None;
     same_content.abstract_text = full
         .abstract_text
         .replace('-', "\u{2013}")
