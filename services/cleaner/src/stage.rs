@@ -84,22 +84,6 @@ impl CleanStage {
     }
 }
 
-/// Reads a clean part's stats; None when the part has not been cleaned yet.
-pub async fn load_part_stats(
-    store: &dyn ObjectStore,
-    job: JobId,
-    part: u32,
-) -> Result<Option<CleanPartStats>, StageError> {
-    let key = keys::clean_part_stats(job, part);
-    match store.get(&key).await {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| StageError::permanent(format!("job {job}: {key}: {e}"))),
-        Err(medembed_pipeline::store::StoreError::NotFound { .. }) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
 /// Counts the job's clean parts and records the count in the `clean` status.
 async fn update_status(store: &dyn ObjectStore, job: JobId) -> Result<(), StageError> {
     let cleaned = store

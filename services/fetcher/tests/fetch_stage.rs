@@ -268,6 +268,7 @@ async fn a_thousand_articles_within_the_rate_limit_cause_no_429() {
     let ctx = TaskContext {
         store: store.clone(),
         attempt: 1,
+        redelivered: false,
     };
     let outputs = stage
         .process(FetchTask { job_id: job }, &ctx)
@@ -325,6 +326,7 @@ async fn random_429s_and_500s_are_retried_and_the_job_completes() {
     let ctx = TaskContext {
         store: store.clone(),
         attempt: 1,
+        redelivered: false,
     };
     stage
         .process(FetchTask { job_id: job }, &ctx)
@@ -355,6 +357,7 @@ async fn a_killed_fetch_resumes_without_refetching_written_parts() {
     let ctx = TaskContext {
         store: store.clone(),
         attempt: 1,
+        redelivered: false,
     };
 
     // First run, killed once two parts are written.
@@ -438,7 +441,11 @@ async fn a_missing_job_is_a_permanent_error_naming_it() {
     let err = stage
         .process(
             FetchTask { job_id: job },
-            &TaskContext { store, attempt: 1 },
+            &TaskContext {
+                store,
+                attempt: 1,
+                redelivered: false,
+            },
         )
         .await
         .expect_err("no job");
@@ -513,6 +520,7 @@ async fn bulk_files_xml_gz_and_tarball_become_raw_parts() {
             &TaskContext {
                 store: store.clone(),
                 attempt: 1,
+                redelivered: false,
             },
         )
         .await
@@ -552,7 +560,11 @@ async fn bulk_files_xml_gz_and_tarball_become_raw_parts() {
     let err = stage
         .process(
             FetchTask { job_id: job2 },
-            &TaskContext { store, attempt: 1 },
+            &TaskContext {
+                store,
+                attempt: 1,
+                redelivered: false,
+            },
         )
         .await
         .expect_err("missing");
@@ -595,6 +607,7 @@ async fn an_empty_result_finishes_the_job_with_the_warning_in_its_status() {
             &TaskContext {
                 store: store.clone(),
                 attempt: 1,
+                redelivered: false,
             },
         )
         .await
@@ -651,6 +664,7 @@ async fn articles_without_text_are_skipped_and_counted() {
             &TaskContext {
                 store: store.clone(),
                 attempt: 1,
+                redelivered: false,
             },
         )
         .await
@@ -780,6 +794,7 @@ async fn bulk_files_from_an_s3_prefix() {
             &TaskContext {
                 store: store.clone(),
                 attempt: 1,
+                redelivered: false,
             },
         )
         .await

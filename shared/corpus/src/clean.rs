@@ -12,6 +12,11 @@ use arrow::datatypes::{DataType, Field, Fields, Schema};
 use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 
+use medembed_pipeline::keys;
+use medembed_pipeline::messages::JobId;
+use medembed_pipeline::runner::StageError;
+use medembed_pipeline::store::{ObjectStore, StoreError};
+
 use crate::article::{MeshHeading, Reference, Section};
 use crate::rows::{RowsError, list_of, rows_from_batches, rows_to_batch};
 
@@ -124,6 +129,24 @@ pub struct CleanPartStats {
     pub abbreviations: u64,
     /// Bytes of text (title, abstract, body) read and cleaned.
     pub text_bytes: u64,
+}
+
+impl CleanPartStats {
+    /// A clean part's stats; None when the part has not been cleaned yet.
+    pub async fn load(
+        store: &dyn ObjectStore,
+        job: JobId,
+        part: u32,
+    ) -> Result<Option<Self>, StageError> {
+        let key = keys::clean_part_stats(job, part);
+        match store.get(&key).await {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| StageError::permanent(format!("job {job}: {key}: {e}"))),
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -102,6 +102,10 @@ pub struct TaskContext {
     pub store: Arc<dyn ObjectStore>,
     /// 1-based attempt number of this task.
     pub attempt: u32,
+    /// The broker delivered this task before (a worker died holding it, or lost its
+    /// connection): its earlier run may have written outputs, and may or may not have published
+    /// its follow-up tasks.
+    pub redelivered: bool,
 }
 
 /// One stage of the pipeline. Its queue is `Self::Task::QUEUE`.
@@ -275,6 +279,7 @@ impl<S: Stage> Shared<S> {
             let ctx = TaskContext {
                 store: self.store.clone(),
                 attempt: delivery.attempt,
+                redelivered: delivery.redelivered,
             };
             let result = AssertUnwindSafe(self.stage.process(task, &ctx))
                 .catch_unwind()

@@ -52,23 +52,64 @@ const ROW_GROUP_ROWS: usize = 64 * 1024;
 
 /// Encodes batches as one zstd-compressed Parquet file.
 pub fn encode(key: &str, schema: &Arc<Schema>, batches: &[RecordBatch]) -> Result<Bytes> {
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(3).expect("3 is a valid zstd level"),
-        ))
-        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-        .build();
-    let format = |e: parquet::errors::ParquetError| TableError::Write {
+    let mut encoder = Encoder::new(key, schema)?;
+    for batch in batches {
+        encoder.write(batch)?;
+    }
+    encoder.finish()
+}
+
+/// A Parquet file encoded batch by batch, for tables too large to hold as Arrow all at once:
+/// each batch can be dropped once written (only the compressed bytes accumulate).
+pub struct Encoder {
+    key: String,
+    writer: ArrowWriter<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Encoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Encoder")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Encoder {
+    pub fn new(key: &str, schema: &Arc<Schema>) -> Result<Self> {
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(
+                ZstdLevel::try_new(3).expect("3 is a valid zstd level"),
+            ))
+            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+            .build();
+        let writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props))
+            .map_err(|e| write_error(key, e))?;
+        Ok(Self {
+            key: key.to_string(),
+            writer,
+        })
+    }
+
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.writer
+            .write(batch)
+            .map_err(|e| write_error(&self.key, e))
+    }
+
+    pub fn finish(self) -> Result<Bytes> {
+        let buf = self
+            .writer
+            .into_inner()
+            .map_err(|e| write_error(&self.key, e))?;
+        Ok(Bytes::from(buf))
+    }
+}
+
+fn write_error(key: &str, e: parquet::errors::ParquetError) -> TableError {
+    TableError::Write {
         key: key.to_string(),
         message: e.to_string(),
-    };
-    let mut buf = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut buf, schema.clone(), Some(props)).map_err(format)?;
-    for batch in batches {
-        writer.write(batch).map_err(format)?;
     }
-    writer.close().map_err(format)?;
-    Ok(Bytes::from(buf))
 }
 
 /// Writes `batches` as one Parquet object at `key`; returns the bytes written.
