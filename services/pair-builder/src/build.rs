@@ -5,7 +5,8 @@
 //!    for documents without MeSH).
 //! 2. A pair whose documents sit in different splits is dropped (`cross_split`); a pair found by
 //!    several rules is kept once, under the strongest rule (citation, then MeSH, then keyword).
-//! 3. The per-document cap: pairs are taken best first (score, then rule), and a pair is dropped
+//! 3. The per-document cap: pairs are taken best first, the rules taking turns (the best pair
+//!    of each rule, then the second best of each, …), and a pair is dropped
 //!    (`per_document_cap`) once either document has `max_pairs_per_document` pairs.
 //! 4. Negatives per split, `negative_ratio` per positive: pairs sharing no MeSH descriptor and no
 //!    keyword and with no citation either way, drawn with a seeded RNG; with `hard_negatives`, up
@@ -191,13 +192,28 @@ pub fn build_pairs(corpus: &Corpus, settings: &PairSettings) -> PairOutputs {
         }
     }
 
-    // 3. The per-document cap, best pairs first.
+    // 3. The per-document cap, best pairs first, the rules taking turns: the best pair of each
+    //    rule, then the second best of each, … so that citations (all scored 1) do not crowd out
+    //    MeSH and keyword pairs of well-cited documents.
     candidates.sort_by(|x, y| {
-        y.score
-            .total_cmp(&x.score)
-            .then(x.source.cmp(&y.source))
+        x.source
+            .cmp(&y.source)
+            .then(y.score.total_cmp(&x.score))
             .then((x.a, x.b).cmp(&(y.a, y.b)))
     });
+    let mut turn = Vec::with_capacity(candidates.len());
+    let mut rank = 0u32;
+    for (i, p) in candidates.iter().enumerate() {
+        rank = if i > 0 && candidates[i - 1].source == p.source {
+            rank + 1
+        } else {
+            0
+        };
+        turn.push(rank);
+    }
+    let mut order: Vec<usize> = (0..candidates.len()).collect();
+    order.sort_by_key(|&i| (turn[i], candidates[i].source));
+    let candidates: Vec<Positive> = order.into_iter().map(|i| candidates[i]).collect();
     let cap = settings.max_pairs_per_document as u16;
     let mut per_doc = vec![0u16; corpus.len()];
     let mut positives: Vec<Positive> = Vec::with_capacity(candidates.len());

@@ -173,8 +173,9 @@ impl CorpusBuilder {
                 if self.check_tags.contains(&m.descriptor.to_lowercase()) {
                     continue;
                 }
-                // The descriptor's UI where given: names change between MeSH years, UIs do not.
-                let key = m.ui.clone().unwrap_or_else(|| m.descriptor.to_lowercase());
+                // By name, not UI: older records (and some PMC metadata) carry no UI, and one
+                // descriptor must be one term whichever record it comes from.
+                let key = m.descriptor.to_lowercase();
                 let next = self.mesh_ids.len() as u32;
                 let id = *self.mesh_ids.entry(key).or_insert(next);
                 mesh.push(Term { id, major: m.major });

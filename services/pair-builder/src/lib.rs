@@ -8,4 +8,5 @@ pub mod corpus;
 pub mod output;
 pub mod split;
 pub mod stage;
+pub mod synthetic;
 pub mod terms;
