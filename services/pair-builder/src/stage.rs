@@ -278,6 +278,25 @@ impl Stage for PairStage {
             let n: u64 = by_source.values().flat_map(|l| l.values()).sum();
             status.counts.insert(format!("pairs_{split}"), n);
         }
+        let train_positives: u64 = outputs
+            .stats
+            .pairs
+            .get("train")
+            .map(|by_source| by_source.values().filter_map(|l| l.get("1")).sum())
+            .unwrap_or(0);
+        if train_positives == 0 {
+            // Nothing to train on: say so where the user looks, and stop the job here.
+            let reason = format!(
+                "job {job}: no positive training pairs from {} documents (see pairs/stats.json): \
+                 collect more articles, or lower pairs.mesh_threshold / pairs.keyword_threshold",
+                corpus.len()
+            );
+            tracing::warn!("{reason}");
+            status.state = medembed_pipeline::status::StageState::Failed;
+            status.last_error = Some(reason);
+            status.save(store, job).await?;
+            return Ok(Vec::new());
+        }
         status.finish();
         status.save(store, job).await?;
         tracing::info!(
