@@ -572,6 +572,49 @@ mod tests {
     }
 
     #[test]
+    fn absurd_pair_and_clean_settings_are_errors_naming_the_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.toml");
+        for (toml, key) in [
+            ("[pairs]\ntrain_ratio = 0.9\n", "pairs.train_ratio"),
+            (
+                "[pairs]\nval_ratio = -0.1\ntest_ratio = 0.3\n",
+                "pairs.val_ratio",
+            ),
+            (
+                "[pairs]\nsources = [\"citation\", \"vibes\"]\n",
+                "pairs.sources",
+            ),
+            ("[pairs]\nmesh_threshold = 0.0\n", "pairs.mesh_threshold"),
+            (
+                "[pairs]\nmax_pairs_per_document = 0\n",
+                "pairs.max_pairs_per_document",
+            ),
+            ("[pairs]\nnegative_ratio = 1e9\n", "pairs.negative_ratio"),
+            ("[clean]\ntext_fields = []\n", "clean.text_fields"),
+            (
+                "[clean]\ntext_fields = [\"title\", \"footnotes\"]\n",
+                "footnotes",
+            ),
+            (
+                "[clean]\nmin_letter_ratio = 2.0\n",
+                "clean.min_letter_ratio",
+            ),
+        ] {
+            std::fs::write(&path, toml).expect("write");
+            let err = Settings::load_with_env(Some(&path), env(&[])).expect_err(toml);
+            assert!(err.to_string().contains(key), "{toml}: {err}");
+        }
+        std::fs::write(
+            &path,
+            "[pairs]\ntrain_ratio = 0.7\nval_ratio = 0.15\ntest_ratio = 0.15\n",
+        )
+        .expect("write");
+        let s = Settings::load_with_env(Some(&path), env(&[])).expect("valid ratios");
+        assert_eq!(s.pairs.train_ratio, 0.7);
+    }
+
+    #[test]
     fn secrets_are_redacted_in_debug() {
         let s = Settings::load_with_env(
             None,
