@@ -7,7 +7,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use medembed_cleaner::stage::CleanStage;
 use medembed_corpus::clean::{self, clean_schema};
 use medembed_corpus::pairs::{
@@ -19,8 +18,7 @@ use medembed_fetcher::stage::FetchStage;
 use medembed_pair_builder::stage::PairStage;
 use medembed_pipeline::config::{QueueBackend, Settings, StoreBackend};
 use medembed_pipeline::messages::{
-    ArticleSource, CleanTask, Database, FetchTask, JobId, JobSpec, PairsCheck, TaskMessage,
-    TrainTask,
+    ArticleSource, CleanTask, Database, FetchTask, JobId, PairsCheck, TaskMessage, TrainTask,
 };
 use medembed_pipeline::runner::{Outgoing, Stage, TaskContext};
 use medembed_pipeline::status::{StageState, StageStatus};
@@ -55,30 +53,10 @@ fn settings(prefix: &str, backend: StoreBackend, root: &Path, extra: &[(&str, &s
 }
 
 async fn new_job(store: &dyn ObjectStore, corpus: &Path) -> JobId {
-    let job_id = JobId::new();
-    let spec = JobSpec {
-        version: 1,
-        job_id,
-        created_at: "2026-11-25T00:00:00Z".into(),
-        query: "fixture corpus".into(),
-        db: Database::Pmc,
-        from: None,
-        to: None,
-        max_articles: 1000,
-        source: ArticleSource::Files {
-            path: corpus.display().to_string(),
-        },
-        open_access_only: false,
-        cited_by: false,
+    let source = ArticleSource::Files {
+        path: corpus.display().to_string(),
     };
-    store
-        .put(
-            &keys::job_spec(job_id),
-            Bytes::from(serde_json::to_vec(&spec).expect("json")),
-        )
-        .await
-        .expect("put job spec");
-    job_id
+    testing::put_job(store, source, Database::Pmc, 1000).await
 }
 
 fn ctx(store: &Arc<dyn ObjectStore>, redelivered: bool) -> TaskContext {

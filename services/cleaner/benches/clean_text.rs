@@ -6,12 +6,13 @@
 //! which does less and is wrong more often, on the same text. Prints one JSON line.
 //! Run: `cargo bench -p medembed-cleaner --bench clean_text`.
 
-use std::io::BufReader;
+use std::path::Path;
 use std::time::Instant;
 
 use medembed_cleaner::Cleaner;
+use medembed_fetcher::RawArticle;
+use medembed_fetcher::files::read_local;
 use medembed_fetcher::xml::Limits;
-use medembed_fetcher::{ArticleReader, RawArticle};
 use medembed_pipeline::config::Settings;
 use regex::Regex;
 
@@ -19,26 +20,13 @@ const TARGET_BYTES: u64 = 64 * 1024 * 1024;
 
 fn fixture_articles() -> Vec<RawArticle> {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../fetcher/tests/fixtures");
-    let mut out = Vec::new();
-    for dir in ["pubmed", "jats"] {
-        let mut paths: Vec<_> = std::fs::read_dir(format!("{root}/{dir}"))
-            .expect("fixtures")
-            .map(|e| e.expect("entry").path())
-            .filter(|p| p.extension().is_some_and(|e| e == "xml" || e == "nxml"))
-            .collect();
-        paths.sort();
-        for path in paths {
-            let file = BufReader::new(std::fs::File::open(&path).expect("open"));
-            let name = path.display().to_string();
-            let reader = if dir == "jats" {
-                ArticleReader::jats(file, name, Limits::default())
-            } else {
-                ArticleReader::pubmed(file, name, Limits::default())
-            };
-            out.extend(reader.map(|a| a.expect("fixture parses")));
-        }
-    }
-    out
+    ["pubmed", "jats"]
+        .iter()
+        .flat_map(|dir| {
+            read_local(Path::new(&format!("{root}/{dir}")), Limits::default())
+                .expect("fixtures parse")
+        })
+        .collect()
 }
 
 fn text_bytes(a: &RawArticle) -> u64 {

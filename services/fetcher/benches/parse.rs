@@ -53,17 +53,6 @@ fn corpus(root: &str, articles: &[String]) -> Vec<u8> {
     doc
 }
 
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(0.0)
-}
-
 fn scan_only(doc: &[u8]) -> usize {
     let mut reader = quick_xml::Reader::from_reader(doc);
     let mut buf = Vec::new();
@@ -80,7 +69,7 @@ fn scan_only(doc: &[u8]) -> usize {
 
 fn bench(name: &str, doc: &[u8], jats: bool) {
     let mb = doc.len() as f64 / 1e6;
-    let rss_before = peak_rss_mib();
+    let rss_before = medembed_pipeline::testing::peak_rss_mib();
     let started = Instant::now();
     let events = scan_only(doc);
     let scan_s = started.elapsed().as_secs_f64();
@@ -104,7 +93,7 @@ fn bench(name: &str, doc: &[u8], jats: bool) {
         mb / parse_s,
         mb / scan_s,
         scan_s / parse_s,
-        peak_rss_mib()
+        medembed_pipeline::testing::peak_rss_mib()
     );
 }
 

@@ -67,6 +67,48 @@ pub enum FileError {
     },
     #[error("{name}: {what}, not PubMed XML or JATS")]
     UnknownFormat { name: String, what: &'static str },
+    #[error("{message}")]
+    Record { message: String },
+}
+
+/// Every article of the bulk files at `path` (a file, or a directory read in name order), for
+/// tools, tests and benchmarks that want them in memory. The first unreadable record or file is
+/// the error.
+pub fn read_local(path: &std::path::Path, limits: Limits) -> Result<Vec<RawArticle>, FileError> {
+    let io = |source: std::io::Error| FileError::Io {
+        name: path.display().to_string(),
+        source,
+    };
+    let mut out = Vec::new();
+    for file in crate::stage::list_local(path).map_err(io)? {
+        let name = file.display().to_string();
+        let kind = FileKind::of(&name).expect("list_local returns bulk files only");
+        let input = std::fs::File::open(&file).map_err(|source| FileError::Io {
+            name: name.clone(),
+            source,
+        })?;
+        let mut record_error: Option<XmlError> = None;
+        let mut document_error: Option<FileError> = None;
+        let mut each = |a: Result<RawArticle, XmlError>| match a {
+            Ok(a) => out.push(a),
+            Err(e) => {
+                record_error.get_or_insert(e);
+            }
+        };
+        let mut on_document = |e: FileError| {
+            document_error.get_or_insert(e);
+        };
+        read_file(&name, kind, input, limits, &mut each, &mut on_document)?;
+        if let Some(e) = document_error {
+            return Err(e);
+        }
+        if let Some(e) = record_error {
+            return Err(FileError::Record {
+                message: e.to_string(),
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Reads every article of one XML document, calling `each` for each article or record error.

@@ -16,10 +16,10 @@ use medembed_fetcher::eutils::{parse_elink, parse_esearch};
 use medembed_fetcher::raw::{RawManifest, from_batches, raw_schema};
 use medembed_fetcher::stage::FetchStage;
 use medembed_pipeline::config::Settings;
-use medembed_pipeline::messages::{ArticleSource, Database, FetchTask, JobId, JobSpec};
+use medembed_pipeline::messages::{ArticleSource, Database, FetchTask, JobId};
 use medembed_pipeline::runner::{Stage, TaskContext};
 use medembed_pipeline::store::{LocalStore, ObjectStore};
-use medembed_pipeline::{keys, table};
+use medembed_pipeline::{keys, table, testing};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 
@@ -203,31 +203,6 @@ fn settings(addr: SocketAddr, rate: &str) -> Settings {
     .expect("settings")
 }
 
-async fn new_job(store: &dyn ObjectStore, source: ArticleSource, db: Database, max: u64) -> JobId {
-    let job_id = JobId::new();
-    let spec = JobSpec {
-        version: 1,
-        job_id,
-        created_at: "2026-11-25T00:00:00Z".into(),
-        query: "cancer immunotherapy".into(),
-        db,
-        from: Some("2020".into()),
-        to: Some("2024".into()),
-        max_articles: max,
-        source,
-        open_access_only: true,
-        cited_by: false,
-    };
-    store
-        .put(
-            &keys::job_spec(job_id),
-            Bytes::from(serde_json::to_vec(&spec).expect("json")),
-        )
-        .await
-        .expect("put");
-    job_id
-}
-
 /// A job in a fresh local store (kept alive by the returned temp dir).
 async fn local_job(
     source: ArticleSource,
@@ -236,7 +211,7 @@ async fn local_job(
 ) -> (tempfile::TempDir, Arc<dyn ObjectStore>, JobId) {
     let dir = tempfile::tempdir().expect("tempdir");
     let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path()).expect("store"));
-    let job = new_job(store.as_ref(), source, db, max).await;
+    let job = testing::put_job(store.as_ref(), source, db, max).await;
     (dir, store, job)
 }
 
@@ -508,7 +483,7 @@ async fn bulk_files_xml_gz_and_tarball_become_raw_parts() {
     let source = ArticleSource::Files {
         path: src.path().display().to_string(),
     };
-    let job = new_job(store.as_ref(), source, Database::Pubmed, 1000).await;
+    let job = testing::put_job(store.as_ref(), source, Database::Pubmed, 1000).await;
     let stage = FetchStage::new(
         &settings("127.0.0.1:9".parse().expect("addr"), "10"),
         &prometheus::Registry::new(),
@@ -548,7 +523,7 @@ async fn bulk_files_xml_gz_and_tarball_become_raw_parts() {
         Some(&2)
     );
     // A missing source is a clear permanent error.
-    let job2 = new_job(
+    let job2 = testing::put_job(
         store.as_ref(),
         ArticleSource::Files {
             path: "/no/such/dir".into(),
@@ -786,7 +761,7 @@ async fn bulk_files_from_an_s3_prefix() {
     let source = ArticleSource::Files {
         path: format!("s3://{}/{prefix}-source/baseline/", cfg.store.bucket),
     };
-    let job = new_job(store.as_ref(), source, Database::Pubmed, 100).await;
+    let job = testing::put_job(store.as_ref(), source, Database::Pubmed, 100).await;
     let stage = FetchStage::new(&cfg, &prometheus::Registry::new()).expect("stage");
     stage
         .process(
@@ -841,7 +816,7 @@ async fn a_sigkilled_fetcher_process_resumes_without_refetching() {
     let queue = medembed_pipeline::queue::open(&cfg.queue)
         .await
         .expect("queue");
-    let job = new_job(
+    let job = testing::put_job(
         store.as_ref(),
         ArticleSource::Eutils,
         Database::Pubmed,

@@ -26,16 +26,6 @@ use medembed_pipeline::{keys, table};
 
 const PART: usize = 1000;
 
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 /// Writes the synthetic corpus as clean parts plus a manifest, as the fetcher and cleaners would.
 async fn write_corpus(store: &dyn ObjectStore, job: JobId, n: usize) {
     let synthetic = SyntheticCorpus::new(n);
@@ -92,7 +82,7 @@ async fn child(n: usize) {
     let start = Instant::now();
     write_corpus(store.as_ref(), job, n).await;
     let generate_s = start.elapsed().as_secs_f64();
-    let rss_before = peak_rss_mib();
+    let rss_before = medembed_pipeline::testing::peak_rss_mib();
 
     let settings = Settings::load(None).expect("defaults");
     let stage = PairStage::new(&settings, &prometheus::Registry::new()).expect("stage");
@@ -136,7 +126,7 @@ async fn child(n: usize) {
             "name": "pair_builder_scale",
             "documents": n,
             "stage_seconds": (stage_s * 10.0).round() / 10.0,
-            "peak_rss_mib": peak_rss_mib().round(),
+            "peak_rss_mib": medembed_pipeline::testing::peak_rss_mib().round(),
             "rss_before_stage_mib": rss_before.round(),
             "pairs": pairs,
             "pairs_by_split": stats["pairs"],

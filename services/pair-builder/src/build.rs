@@ -126,25 +126,26 @@ pub fn build_pairs(corpus: &Corpus, settings: &PairSettings) -> PairOutputs {
         }
     }
     let mut near_misses: Vec<Scored> = Vec::new();
+    let mut term_pairs =
+        |sets: &[Vec<Term>], n_terms: usize, major_weight: f64, threshold: f64, source: Source| {
+            let found = TermIndex::new(sets, n_terms, major_weight, settings.max_posting)
+                .candidates(threshold as f32, keep, settings.hard_negatives);
+            candidates.extend(found.positives.iter().map(|p| Positive {
+                a: p.a,
+                b: p.b,
+                source,
+                score: p.score,
+            }));
+            near_misses.extend(found.near_misses);
+        };
     if wants("mesh") {
-        let index = TermIndex::new(
+        term_pairs(
             &corpus.mesh,
             corpus.mesh_terms,
             settings.major_weight,
-            settings.max_posting,
+            settings.mesh_threshold,
+            Source::Mesh,
         );
-        let found = index.candidates(
-            settings.mesh_threshold as f32,
-            keep,
-            settings.hard_negatives,
-        );
-        candidates.extend(found.positives.iter().map(|p| Positive {
-            a: p.a,
-            b: p.b,
-            source: Source::Mesh,
-            score: p.score,
-        }));
-        near_misses.extend(found.near_misses);
     }
     if wants("keyword") {
         // Keywords stand in for MeSH only where a document has none.
@@ -154,19 +155,13 @@ pub fn build_pairs(corpus: &Corpus, settings: &PairSettings) -> PairOutputs {
             .zip(&corpus.keywords)
             .map(|(m, k)| if m.is_empty() { k.clone() } else { Vec::new() })
             .collect();
-        let index = TermIndex::new(&sets, corpus.keyword_terms, 1.0, settings.max_posting);
-        let found = index.candidates(
-            settings.keyword_threshold as f32,
-            keep,
-            settings.hard_negatives,
+        term_pairs(
+            &sets,
+            corpus.keyword_terms,
+            1.0,
+            settings.keyword_threshold,
+            Source::Keyword,
         );
-        candidates.extend(found.positives.iter().map(|p| Positive {
-            a: p.a,
-            b: p.b,
-            source: Source::Keyword,
-            score: p.score,
-        }));
-        near_misses.extend(found.near_misses);
     }
 
     // 2. Within a split only; once per unordered pair, under the strongest rule.

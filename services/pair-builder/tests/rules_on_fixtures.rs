@@ -5,12 +5,12 @@
 //! rules are seen without the split in the way; splits are tested on their own.
 
 use std::collections::HashSet;
-use std::io::BufReader;
+use std::path::Path;
 
 use medembed_cleaner::Cleaner;
 use medembed_corpus::Reference;
 use medembed_corpus::clean::CleanArticle;
-use medembed_fetcher::ArticleReader;
+use medembed_fetcher::files::read_local;
 use medembed_fetcher::xml::Limits;
 use medembed_pair_builder::build::{PairRow, build_pairs};
 use medembed_pair_builder::corpus::{CorpusBuilder, normalize_keyword};
@@ -22,23 +22,9 @@ fn fixture_articles() -> Vec<CleanArticle> {
     let root = format!("{}/../fetcher/tests/fixtures", env!("CARGO_MANIFEST_DIR"));
     let mut out = Vec::new();
     for dir in ["pubmed", "jats"] {
-        let mut paths: Vec<_> = std::fs::read_dir(format!("{root}/{dir}"))
-            .expect("fixtures")
-            .map(|e| e.expect("entry").path())
-            .filter(|p| p.extension().is_some_and(|e| e == "xml" || e == "nxml"))
-            .collect();
-        paths.sort();
-        for path in paths {
-            let file = BufReader::new(std::fs::File::open(&path).expect("open"));
-            let name = path.display().to_string();
-            let reader = if dir == "jats" {
-                ArticleReader::jats(file, name, Limits::default())
-            } else {
-                ArticleReader::pubmed(file, name, Limits::default())
-            };
-            let raw: Vec<_> = reader.collect::<Result<_, _>>().expect("fixture parses");
-            out.extend(cleaner.clean_part(0, &raw).0);
-        }
+        let raw = read_local(Path::new(&format!("{root}/{dir}")), Limits::default())
+            .expect("fixtures parse");
+        out.extend(cleaner.clean_part(0, &raw).0);
     }
     // Some fixture files hold the same article (a PMC record in two formats): keep the first, as
     // the pair-builder does.

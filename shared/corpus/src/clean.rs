@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::datatypes::{DataType, Field, Fields, Schema};
+use arrow::datatypes::{DataType, Fields, Schema};
 use arrow::record_batch::RecordBatch;
 use serde::{Deserialize, Serialize};
 
@@ -18,7 +18,10 @@ use medembed_pipeline::runner::StageError;
 use medembed_pipeline::store::{ObjectStore, StoreError};
 
 use crate::article::{MeshHeading, Reference, Section};
-use crate::rows::{RowsError, list_of, rows_from_batches, rows_to_batch};
+use crate::rows::{
+    RowsError, list, mesh_type, optional_text, reference_type, rows_from_batches, rows_to_batch,
+    section_type, text,
+};
 
 /// A short form defined in the text itself ("PD-1" → "programmed cell death protein 1").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,53 +56,25 @@ pub struct CleanArticle {
     pub content_hash: String,
 }
 
-fn section_struct() -> DataType {
-    DataType::Struct(Fields::from(vec![
-        Field::new("title", DataType::Utf8, false),
-        Field::new("text", DataType::Utf8, false),
-    ]))
-}
-
 /// The schema of a clean part.
 pub fn clean_schema() -> Arc<Schema> {
-    let text = |name: &str| Field::new(name, DataType::Utf8, false);
-    let optional = |name: &str| Field::new(name, DataType::Utf8, true);
-    let list = |name: &str, item: DataType| Field::new(name, list_of(item), false);
     Arc::new(Schema::new(vec![
         text("id"),
-        optional("pmid"),
-        optional("pmcid"),
-        optional("doi"),
+        optional_text("pmid"),
+        optional_text("pmcid"),
+        optional_text("doi"),
         text("title"),
         text("abstract_text"),
-        list("body_sections", section_struct()),
-        list(
-            "mesh",
-            DataType::Struct(Fields::from(vec![
-                Field::new("descriptor", DataType::Utf8, false),
-                Field::new("ui", DataType::Utf8, true),
-                Field::new("major", DataType::Boolean, false),
-                Field::new("qualifiers", list_of(DataType::Utf8), false),
-            ])),
-        ),
+        list("body_sections", section_type()),
+        list("mesh", mesh_type()),
         list("keywords", DataType::Utf8),
-        list(
-            "references",
-            DataType::Struct(Fields::from(vec![
-                Field::new("pmid", DataType::Utf8, true),
-                Field::new("pmcid", DataType::Utf8, true),
-                Field::new("doi", DataType::Utf8, true),
-            ])),
-        ),
+        list("references", reference_type()),
         list(
             "abbreviations",
-            DataType::Struct(Fields::from(vec![
-                Field::new("short", DataType::Utf8, false),
-                Field::new("long", DataType::Utf8, false),
-            ])),
+            DataType::Struct(Fields::from(vec![text("short"), text("long")])),
         ),
-        optional("pub_date"),
-        optional("journal"),
+        optional_text("pub_date"),
+        optional_text("journal"),
         text("text"),
         text("content_hash"),
     ]))

@@ -7,9 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::datatypes::{DataType, Field, Fields, Schema};
-
-use crate::rows::list_of;
+use arrow::datatypes::{DataType, Schema};
 use arrow::record_batch::RecordBatch;
 use medembed_pipeline::keys;
 use medembed_pipeline::messages::JobId;
@@ -18,54 +16,32 @@ use medembed_pipeline::store::{ObjectStore, StoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::article::RawArticle;
-use crate::rows::{RowsError, rows_from_batches, rows_to_batch};
-
-fn section_struct() -> DataType {
-    DataType::Struct(Fields::from(vec![
-        Field::new("title", DataType::Utf8, false),
-        Field::new("text", DataType::Utf8, false),
-    ]))
-}
+use crate::rows::{
+    RowsError, list, mesh_type, optional_text, reference_type, rows_from_batches, rows_to_batch,
+    section_type, text,
+};
 
 /// The schema of a raw part.
 pub fn raw_schema() -> Arc<Schema> {
-    let text = |name: &str| Field::new(name, DataType::Utf8, false);
-    let optional = |name: &str| Field::new(name, DataType::Utf8, true);
-    let list = |name: &str, item: DataType| Field::new(name, list_of(item), false);
     Arc::new(Schema::new(vec![
         text("id"),
-        optional("format"),
-        optional("pmid"),
-        optional("pmcid"),
-        optional("doi"),
+        optional_text("format"),
+        optional_text("pmid"),
+        optional_text("pmcid"),
+        optional_text("doi"),
         text("title"),
         text("abstract_text"),
-        list("abstract_sections", section_struct()),
-        list("body_sections", section_struct()),
+        list("abstract_sections", section_type()),
+        list("body_sections", section_type()),
         list("keywords", DataType::Utf8),
-        list(
-            "mesh",
-            DataType::Struct(Fields::from(vec![
-                Field::new("descriptor", DataType::Utf8, false),
-                Field::new("ui", DataType::Utf8, true),
-                Field::new("major", DataType::Boolean, false),
-                Field::new("qualifiers", list_of(DataType::Utf8), false),
-            ])),
-        ),
+        list("mesh", mesh_type()),
         list("publication_types", DataType::Utf8),
-        optional("pub_date"),
-        optional("journal"),
+        optional_text("pub_date"),
+        optional_text("journal"),
         list("authors", DataType::Utf8),
-        optional("article_type"),
-        optional("license"),
-        list(
-            "references",
-            DataType::Struct(Fields::from(vec![
-                Field::new("pmid", DataType::Utf8, true),
-                Field::new("pmcid", DataType::Utf8, true),
-                Field::new("doi", DataType::Utf8, true),
-            ])),
-        ),
+        optional_text("article_type"),
+        optional_text("license"),
+        list("references", reference_type()),
     ]))
 }
 

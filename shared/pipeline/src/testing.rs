@@ -6,7 +6,12 @@
 
 use std::path::Path;
 
+use bytes::Bytes;
+
 use crate::config::{QueueBackend, Settings, StoreBackend};
+use crate::keys;
+use crate::messages::{ArticleSource, Database, JobId, JobSpec};
+use crate::store::ObjectStore;
 
 /// The dev Garage key; not a secret: it only opens the local test server.
 pub const DEV_S3_ACCESS_KEY_ID: &str = "GK6d6564656d62656464657600";
@@ -98,4 +103,46 @@ pub fn dev_settings(
     let mut env = dev_env(prefix, queue, store, local_root);
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     Settings::load_with_env(None, env).expect("test settings are valid")
+}
+
+/// Stores a job spec for `source` (a fixed query and dates) and returns the new job's id.
+pub async fn put_job(
+    store: &dyn ObjectStore,
+    source: ArticleSource,
+    db: Database,
+    max_articles: u64,
+) -> JobId {
+    let job_id = JobId::new();
+    let spec = JobSpec {
+        version: 1,
+        job_id,
+        created_at: "2026-11-25T00:00:00Z".into(),
+        query: "cancer immunotherapy".into(),
+        db,
+        from: Some("2020".into()),
+        to: Some("2024".into()),
+        max_articles,
+        source,
+        open_access_only: true,
+        cited_by: false,
+    };
+    store
+        .put(
+            &keys::job_spec(job_id),
+            Bytes::from(serde_json::to_vec(&spec).expect("a job spec is plain data")),
+        )
+        .await
+        .expect("the test store takes the job spec");
+    job_id
+}
+
+/// This process's peak resident memory (VmHWM) in MiB, for benchmarks; 0 where unknown.
+pub fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
 }
