@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use medembed_pipeline::keys;
 use medembed_pipeline::messages::JobId;
 use medembed_pipeline::runner::StageError;
-use medembed_pipeline::store::{ObjectStore, StoreError};
+use medembed_pipeline::store::{ObjectStore, read_json};
 
 use crate::article::{MeshHeading, Reference, Section};
 use crate::rows::{
@@ -113,14 +113,7 @@ impl CleanPartStats {
         job: JobId,
         part: u32,
     ) -> Result<Option<Self>, StageError> {
-        let key = keys::clean_part_stats(job, part);
-        match store.get(&key).await {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| StageError::permanent(format!("job {job}: {key}: {e}"))),
-            Err(StoreError::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        read_json(store, &keys::clean_part_stats(job, part)).await
     }
 }
 

@@ -12,7 +12,7 @@ use arrow::record_batch::RecordBatch;
 use medembed_pipeline::keys;
 use medembed_pipeline::messages::JobId;
 use medembed_pipeline::runner::StageError;
-use medembed_pipeline::store::{ObjectStore, StoreError};
+use medembed_pipeline::store::{ObjectStore, read_json};
 use serde::{Deserialize, Serialize};
 
 use crate::article::RawArticle;
@@ -81,14 +81,7 @@ impl RawManifest {
     /// The job's manifest, or None while the fetch is not complete. A manifest that does not
     /// parse is an error naming its key (a bug or a foreign file, never a normal state).
     pub async fn load(store: &dyn ObjectStore, job: JobId) -> Result<Option<Self>, StageError> {
-        let key = keys::raw_manifest(job);
-        match store.get(&key).await {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| StageError::permanent(format!("job {job}: {key}: {e}"))),
-            Err(StoreError::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        read_json(store, &keys::raw_manifest(job)).await
     }
 }
 

@@ -86,6 +86,22 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// A small JSON object (a manifest, stats, a status) read and parsed; None when it does not
+/// exist. A store hiccup is retryable; JSON that does not parse is a permanent error naming the
+/// key (a bug or a foreign file, never a normal state).
+pub async fn read_json<T: serde::de::DeserializeOwned>(
+    store: &dyn ObjectStore,
+    key: &str,
+) -> std::result::Result<Option<T>, crate::runner::StageError> {
+    match store.get(key).await {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| crate::runner::StageError::permanent(format!("{key}: {e}"))),
+        Err(StoreError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Opens the store the settings describe.
 pub async fn open(settings: &StoreSettings) -> Result<Arc<dyn ObjectStore>> {
     Ok(match settings.backend {
