@@ -14,6 +14,7 @@
 use std::borrow::Cow;
 
 use regex::Regex;
+use unicode_normalization::char::canonical_combining_class;
 use unicode_normalization::{IsNormalized, UnicodeNormalization, is_nfkc_quick};
 
 /// Words after which a parenthesized number is a value, not a citation.
@@ -40,6 +41,8 @@ pub struct TextRules {
     /// Citation markers in brackets or parentheses, and figure/table references (parenthesized
     /// or bare): one pass finds them all; [`TextRules::remove_markers`] decides per match.
     markers: Regex,
+    /// The bracketed-citation part of `markers` alone, to judge an article's citation style.
+    bracket_citation: Regex,
     url: Regex,
     email: Regex,
 }
@@ -59,9 +62,10 @@ impl TextRules {
         let figure = format!(
             r"(?:(?:Supplementary|Supplemental|Suppl\.|Extended Data|Additional file [0-9]+:?)\s+)?{label}\s*{number}{more}"
         );
+        // [1], [1, 2], [1-3], [4-6,9] (en dashes too: the style is judged before normalizing)
+        let bracket_citation = r"\[\s*[0-9]{1,4}(?:\s*[-,\u{2013}]\s*[0-9]{1,4})*\s*\]";
         let markers = [
-            // [1], [1, 2], [1-3], [4-6,9]
-            r"\[\s*[0-9]{1,4}(?:\s*[-,]\s*[0-9]{1,4})*\s*\]".to_string(),
+            bracket_citation.to_string(),
             // (1), (1, 2), (1-3): decided in remove_markers
             r"\(\s*[0-9]{1,3}(?:\s*[-,]\s*[0-9]{1,3})*\s*\)".to_string(),
             // "(see Figure 3; …": the "(" stays, the rest of the group is tidied
@@ -73,6 +77,7 @@ impl TextRules {
         .join("|");
         Self {
             markers: Regex::new(&markers).expect("the marker pattern is valid"),
+            bracket_citation: Regex::new(bracket_citation).expect("the bracket pattern is valid"),
             url: Regex::new(r#"(?:(?-u:\b)[a-zA-Z][a-zA-Z0-9+.-]*://|(?-u:\b)www\.)[^\s<>"]+"#)
                 .expect("the URL pattern is valid"),
             email: Regex::new(r"(?-u:\b)[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?-u:\b)")
@@ -98,11 +103,9 @@ impl TextRules {
 
     /// How an article marks citations, judged from all its text.
     pub fn citation_style<'a>(&self, texts: impl IntoIterator<Item = &'a str>) -> CitationStyle {
-        let uses_brackets = texts.into_iter().any(|t| {
-            self.markers
-                .find_iter(t)
-                .any(|m| m.as_str().starts_with('['))
-        });
+        let uses_brackets = texts
+            .into_iter()
+            .any(|t| t.contains('[') && self.bracket_citation.is_match(t));
         if uses_brackets {
             CitationStyle::Brackets
         } else {
@@ -210,13 +213,20 @@ pub fn normalize_unicode(text: &str) -> Cow<'_, str> {
     if text.is_ascii() {
         return Cow::Borrowed(text);
     }
-    let nfkc: Cow<'_, str> = if is_nfkc_quick(text.chars()) == IsNormalized::Yes {
+    let nfkc: Cow<'_, str> = if non_ascii_is_nfkc(text) {
         Cow::Borrowed(text)
     } else {
         Cow::Owned(text.nfkc().collect())
     };
+    // Copy ASCII runs whole; only the other characters are looked at one by one.
     let mut out = String::with_capacity(nfkc.len());
-    for c in nfkc.chars() {
+    let mut rest: &str = &nfkc;
+    while let Some(i) = rest.bytes().position(|b| !b.is_ascii()) {
+        out.push_str(&rest[..i]);
+        let c = rest[i..]
+            .chars()
+            .next()
+            .expect("a character starts at a non-ASCII byte");
         match c {
             '\u{2010}'..='\u{2015}' | '\u{2212}' | '\u{FE58}' | '\u{FE63}' | '\u{FF0D}' => {
                 out.push('-')
@@ -225,8 +235,18 @@ pub fn normalize_unicode(text: &str) -> Cow<'_, str> {
             c if c.is_whitespace() => out.push(' '),
             c => out.push(c),
         }
+        rest = &rest[i + c.len_utf8()..];
     }
+    out.push_str(rest);
     Cow::Owned(out)
+}
+
+/// Whether NFKC leaves `text` as it is, looking only at its non-ASCII characters (ASCII is
+/// always NFKC and never combines): each must be NFKC on its own and not a combining mark.
+fn non_ascii_is_nfkc(text: &str) -> bool {
+    text.chars().filter(|c| !c.is_ascii()).all(|c| {
+        canonical_combining_class(c) == 0 && is_nfkc_quick(std::iter::once(c)) == IsNormalized::Yes
+    })
 }
 
 /// Collapses whitespace and repairs the punctuation a removal leaves: no space before `.,;:)]`
