@@ -130,6 +130,7 @@ async fn child(n: usize) {
             "rss_before_stage_mib": rss_before.round(),
             "pairs": pairs,
             "pairs_by_split": stats["pairs"],
+            "phase_seconds": stats["phase_seconds"],
             "output_mib": (output_bytes as f64 / 1048576.0).round(),
             "corpus_generation_seconds": (generate_s * 10.0).round() / 10.0,
             "goal": "under 180 s and 6144 MiB at 1M documents",

@@ -110,6 +110,7 @@ pub fn build_pairs(corpus: &Corpus, settings: &PairSettings) -> PairOutputs {
     let wants = |s: &str| settings.sources.iter().any(|x| x == s);
     let keep = settings.max_pairs_per_document.saturating_mul(4);
 
+    let mut clock = Phases::default();
     // 1. Positives by rule.
     let mut candidates: Vec<Positive> = Vec::new();
     if wants("citation") {
@@ -164,6 +165,7 @@ pub fn build_pairs(corpus: &Corpus, settings: &PairSettings) -> PairOutputs {
         );
     }
 
+    clock.lap("positive_candidates");
     // 2. Within a split only; once per unordered pair, under the strongest rule.
     let split_of = |i: u32| corpus.docs[i as usize].split;
     let before = candidates.len();
@@ -225,6 +227,7 @@ pub fn build_pairs(corpus: &Corpus, settings: &PairSettings) -> PairOutputs {
     count(&mut dropped, "per_document_cap", capped);
     let positive_set: FxHashSet<u64> = positives.iter().map(|p| pack(p.a, p.b)).collect();
 
+    clock.lap("split_dedup_cap");
     // 4. Negatives per split.
     let mut docs_by_split: BTreeMap<Split, Vec<u32>> =
         Split::ALL.iter().map(|s| (*s, Vec::new())).collect();
@@ -387,6 +390,8 @@ pub fn build_pairs(corpus: &Corpus, settings: &PairSettings) -> PairOutputs {
         );
     }
 
+    clock.lap("negatives_and_eval");
+    outputs.stats.phase_seconds = clock.seconds;
     outputs.stats.version = 1;
     outputs.stats.seed = settings.seed;
     outputs.stats.documents_read = corpus.documents_read;
@@ -394,6 +399,32 @@ pub fn build_pairs(corpus: &Corpus, settings: &PairSettings) -> PairOutputs {
     outputs.stats.documents_dropped = corpus.dropped.clone();
     outputs.stats.dropped_pairs = dropped;
     outputs
+}
+
+/// Seconds spent per phase, for `stats.json` (where a large job spends its time).
+#[derive(Debug)]
+pub struct Phases {
+    last: std::time::Instant,
+    pub seconds: BTreeMap<String, f64>,
+}
+
+impl Default for Phases {
+    fn default() -> Self {
+        Self {
+            last: std::time::Instant::now(),
+            seconds: BTreeMap::new(),
+        }
+    }
+}
+
+impl Phases {
+    /// Records the time since the previous lap under `phase`.
+    pub fn lap(&mut self, phase: &str) {
+        let now = std::time::Instant::now();
+        let s = (now - self.last).as_secs_f64();
+        *self.seconds.entry(phase.to_string()).or_default() += (s * 1000.0).round() / 1000.0;
+        self.last = now;
+    }
 }
 
 fn count(map: &mut BTreeMap<String, u64>, reason: &str, n: usize) {

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use medembed_corpus::clean::{self, CleanPartStats, clean_schema};
 use medembed_corpus::pairs::{
-    EvalDocument, EvalQuery, Split, eval_document_schema, eval_query_schema, pair_schema,
+    EvalDocument, EvalQuery, PairStats, Split, eval_document_schema, eval_query_schema, pair_schema,
 };
 use medembed_corpus::raw::RawManifest;
 use medembed_corpus::rows::rows_to_batch;
@@ -143,12 +143,13 @@ async fn write_outputs(
     corpus: std::sync::Arc<Corpus>,
     outputs: std::sync::Arc<PairOutputs>,
     settings: &PairSettings,
+    final_stats: impl Fn(&PairOutputs) -> PairStats,
 ) -> Result<(), StageError> {
     for split in Split::ALL {
         let key = keys::pairs_file(job, &format!("{split}.parquet"));
         let (c, o, k) = (corpus.clone(), outputs.clone(), key.clone());
         let data = tokio::task::spawn_blocking(move || -> Result<Bytes, StageError> {
-            let mut encoder = table::Encoder::new(&k, &pair_schema())?;
+            let mut encoder = table::Encoder::new_plain(&k, &pair_schema())?;
             for batch in pair_batches(&c, &o.pairs[&split]) {
                 encoder.write(&batch)?;
             }
@@ -179,7 +180,7 @@ async fn write_outputs(
             .map_err(StageError::permanent)?;
         table::write(store, &key, &eval_document_schema(), &[batch]).await?;
     }
-    let stats = serde_json::to_vec_pretty(&outputs.stats).expect("stats are plain data");
+    let stats = serde_json::to_vec_pretty(&final_stats(&outputs)).expect("stats are plain data");
     store
         .put(&keys::pairs_file(job, "stats.json"), Bytes::from(stats))
         .await?;
@@ -244,7 +245,9 @@ impl Stage for PairStage {
         status.unit = "documents".into();
         status.save(store, job).await?;
 
+        let load_started = Instant::now();
         let (corpus, clean_totals) = load_corpus(store, job, &manifest, &self.settings).await?;
+        let load_seconds = load_started.elapsed().as_secs_f64();
         finish_clean_status(store, job, manifest.parts.len() as u64, &clean_totals).await?;
         tracing::info!(documents = corpus.len(), "corpus loaded; building pairs");
         let corpus = std::sync::Arc::new(corpus);
@@ -254,9 +257,30 @@ impl Stage for PairStage {
             .await
             .map_err(|e| StageError::permanent(format!("job {job}: building pairs: {e}")))?;
         outputs.stats.cleaner_dropped = clean_totals.dropped.clone();
-        outputs.stats.build_seconds = started.elapsed().as_secs_f64();
+        outputs
+            .stats
+            .phase_seconds
+            .insert("load".into(), (load_seconds * 1000.0).round() / 1000.0);
+        let write_started = Instant::now();
+        let stats_of = |outputs: &PairOutputs| {
+            let mut stats = outputs.stats.clone();
+            stats.phase_seconds.insert(
+                "write".into(),
+                (write_started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+            );
+            stats.build_seconds = started.elapsed().as_secs_f64();
+            stats
+        };
         let outputs = std::sync::Arc::new(outputs);
-        write_outputs(store, job, corpus.clone(), outputs.clone(), &self.settings).await?;
+        write_outputs(
+            store,
+            job,
+            corpus.clone(),
+            outputs.clone(),
+            &self.settings,
+            stats_of,
+        )
+        .await?;
 
         for (split, by_source) in &outputs.stats.pairs {
             for (source, by_label) in by_source {

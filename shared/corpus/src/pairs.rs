@@ -128,4 +128,7 @@ pub struct PairStats {
     /// Evaluation queries per split.
     pub eval_queries: BTreeMap<String, u64>,
     pub build_seconds: f64,
+    /// Seconds per phase (`load`, `positive_candidates`, `split_dedup_cap`, `negatives_and_eval`,
+    /// `write`).
+    pub phase_seconds: BTreeMap<String, f64>,
 }

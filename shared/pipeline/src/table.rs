@@ -10,8 +10,8 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Schema};
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
-use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
@@ -76,10 +76,21 @@ impl std::fmt::Debug for Encoder {
 
 impl Encoder {
     pub fn new(key: &str, schema: &Arc<Schema>) -> Result<Self> {
+        Self::with_dictionary(key, schema, true)
+    }
+
+    /// Dictionary encoding off: for tables of long, mostly distinct texts (training pairs), where
+    /// building a dictionary costs time and soon falls back to plain encoding anyway.
+    pub fn new_plain(key: &str, schema: &Arc<Schema>) -> Result<Self> {
+        Self::with_dictionary(key, schema, false)
+    }
+
+    fn with_dictionary(key: &str, schema: &Arc<Schema>, dictionary: bool) -> Result<Self> {
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(
                 ZstdLevel::try_new(3).expect("3 is a valid zstd level"),
             ))
+            .set_dictionary_enabled(dictionary)
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
             .build();
         let writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props))
@@ -153,7 +164,17 @@ pub fn decode(key: &str, data: Bytes, expected: &Schema) -> Result<Vec<RecordBat
         }
         indices.push(index);
     }
+    // Decode only the expected columns: a reader that needs a few fields of a wide table (the
+    // pair-builder reads no body text) does not pay for the rest.
+    let mask = ProjectionMask::roots(builder.parquet_schema(), indices.iter().copied());
+    let mut roots = indices.clone();
+    roots.sort_unstable();
+    let order: Vec<usize> = indices
+        .iter()
+        .map(|i| roots.binary_search(i).expect("every index is a root"))
+        .collect();
     let reader = builder
+        .with_projection(mask)
         .with_batch_size(8192)
         .build()
         .map_err(|e| format(&e))?;
@@ -161,7 +182,7 @@ pub fn decode(key: &str, data: Bytes, expected: &Schema) -> Result<Vec<RecordBat
     let mut out = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|e| format(&e))?;
-        let projected = batch.project(&indices).map_err(|e| format(&e))?;
+        let projected = batch.project(&order).map_err(|e| format(&e))?;
         for (field, column) in expected.fields().iter().zip(projected.columns()) {
             if !field.is_nullable() && column.null_count() > 0 {
                 return Err(TableError::Nullable {
