@@ -9,13 +9,46 @@
 
 use std::collections::BTreeMap;
 
-use medembed_corpus::clean::CleanArticle;
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, RecordBatch, StringArray};
+use arrow::datatypes::Schema;
+use medembed_corpus::clean::{self, CleanArticle, clean_schema};
 use medembed_corpus::pairs::Split;
 use medembed_pipeline::config::PairSettings;
 use rustc_hash::{FxHashMap, FxHashSet};
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::{Xxh3, xxh3_64};
 
 use crate::split::SplitAssigner;
+
+/// A nullable string cell.
+fn optional(array: &StringArray, row: usize) -> Option<&str> {
+    array.is_valid(row).then(|| array.value(row))
+}
+
+/// The fields of a clean part that pairing reads (no abstract, body or abbreviations).
+pub const PAIRING_FIELDS: [&str; 10] = [
+    "id",
+    "pmid",
+    "pmcid",
+    "doi",
+    "title",
+    "mesh",
+    "keywords",
+    "references",
+    "text",
+    "content_hash",
+];
+
+/// [`clean_schema`] narrowed to [`PAIRING_FIELDS`], to read clean parts with.
+pub fn pairing_schema() -> Arc<Schema> {
+    let full = clean_schema();
+    let indices: Vec<usize> = PAIRING_FIELDS
+        .iter()
+        .map(|f| full.index_of(f).expect("pairing fields are clean fields"))
+        .collect();
+    Arc::new(full.project(&indices).expect("valid projection"))
+}
 
 /// A term of a document: interned id, and whether it is a major topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -75,25 +108,29 @@ pub struct CorpusBuilder {
     pending_references: Vec<Vec<u64>>,
 }
 
-fn id_keys(
-    pmid: Option<&str>,
-    pmcid: Option<&str>,
-    doi: Option<&str>,
-) -> impl Iterator<Item = u64> {
-    [
-        pmid.map(|p| xxh3_64(format!("pmid:{}", p.trim()).as_bytes())),
-        pmcid.map(|p| {
-            let p = p.trim();
-            let digits = p
-                .strip_prefix("PMC")
-                .or_else(|| p.strip_prefix("pmc"))
-                .unwrap_or(p);
-            xxh3_64(format!("pmcid:{digits}").as_bytes())
-        }),
-        doi.map(|d| xxh3_64(format!("doi:{}", d.trim().to_lowercase()).as_bytes())),
-    ]
-    .into_iter()
-    .flatten()
+/// 64-bit hashes of an article's ids ("pmid:N", "pmcid:N" without the PMC prefix, "doi:…" lower
+/// case), as references and articles are matched.
+fn id_keys(pmid: Option<&str>, pmcid: Option<&str>, doi: Option<&str>, out: &mut Vec<u64>) {
+    let hash = |prefix: &[u8], value: &str| {
+        let mut h = Xxh3::new();
+        h.update(prefix);
+        h.update(value.as_bytes());
+        h.digest()
+    };
+    if let Some(p) = pmid {
+        out.push(hash(b"pmid:", p.trim()));
+    }
+    if let Some(p) = pmcid {
+        let p = p.trim();
+        let digits = p
+            .strip_prefix("PMC")
+            .or_else(|| p.strip_prefix("pmc"))
+            .unwrap_or(p);
+        out.push(hash(b"pmcid:", digits));
+    }
+    if let Some(d) = doi {
+        out.push(hash(b"doi:", &d.trim().to_lowercase()));
+    }
 }
 
 /// Author keywords compared case-folded, punctuation as spaces, and a light plural folding
@@ -147,38 +184,102 @@ impl CorpusBuilder {
         *self.corpus.dropped.entry(reason.to_string()).or_default() += 1;
     }
 
-    /// Adds one clean part's articles, in order.
+    /// Adds clean articles, in order (tests and tools; the stage adds record batches).
     pub fn add(&mut self, articles: Vec<CleanArticle>) {
-        for a in articles {
+        let batch =
+            clean::to_batch("articles", &articles).expect("clean articles fit the clean schema");
+        self.add_batch(&batch);
+    }
+
+    /// Adds one record batch with at least the [`PAIRING_FIELDS`] (a clean part read with
+    /// [`pairing_schema`]), in row order. Read straight from the Arrow columns: a million articles
+    /// with 20 references and a dozen MeSH headings each are not turned into Rust structs.
+    pub fn add_batch(&mut self, batch: &RecordBatch) {
+        let text = |name: &str| {
+            batch
+                .column_by_name(name)
+                .expect("pairing field")
+                .as_string::<i32>()
+        };
+        let (id, pmid, pmcid, doi) = (text("id"), text("pmid"), text("pmcid"), text("doi"));
+        let (title, body, content_hash) = (text("title"), text("text"), text("content_hash"));
+        let list = |name: &str| {
+            batch
+                .column_by_name(name)
+                .expect("pairing field")
+                .as_list::<i32>()
+        };
+        let (mesh_list, keyword_list, reference_list) =
+            (list("mesh"), list("keywords"), list("references"));
+        let mesh_values = mesh_list.values().as_struct();
+        let descriptor = mesh_values
+            .column_by_name("descriptor")
+            .expect("descriptor")
+            .as_string::<i32>();
+        let major = mesh_values
+            .column_by_name("major")
+            .expect("major")
+            .as_boolean();
+        let keyword_values = keyword_list.values().as_string::<i32>();
+        let reference_values = reference_list.values().as_struct();
+        let reference = |name: &str| {
+            reference_values
+                .column_by_name(name)
+                .expect("reference id")
+                .as_string::<i32>()
+        };
+        let (ref_pmid, ref_pmcid, ref_doi) =
+            (reference("pmid"), reference("pmcid"), reference("doi"));
+
+        let mut keys: Vec<u64> = Vec::new();
+        let mut lower = String::new();
+        for row in 0..batch.num_rows() {
             self.corpus.documents_read += 1;
-            let keys: Vec<u64> =
-                id_keys(a.pmid.as_deref(), a.pmcid.as_deref(), a.doi.as_deref()).collect();
+            keys.clear();
+            id_keys(
+                optional(pmid, row),
+                optional(pmcid, row),
+                optional(doi, row),
+                &mut keys,
+            );
             if keys.iter().any(|k| self.by_id.contains_key(k)) {
                 self.drop_doc("duplicate_id");
                 continue;
             }
-            let content = u64::from_str_radix(&a.content_hash, 16)
-                .unwrap_or_else(|_| xxh3_64(a.text.as_bytes()));
+            let content = u64::from_str_radix(content_hash.value(row), 16)
+                .unwrap_or_else(|_| xxh3_64(body.value(row).as_bytes()));
             if !self.content.insert(content) {
                 self.drop_doc("duplicate_content");
                 continue;
             }
             let index = self.corpus.docs.len() as u32;
-            for k in keys {
+            for &k in &keys {
                 self.by_id.insert(k, index);
             }
 
-            let mut mesh: Vec<Term> = Vec::with_capacity(a.mesh.len());
-            for m in &a.mesh {
-                if self.check_tags.contains(&m.descriptor.to_lowercase()) {
+            let offsets = mesh_list.value_offsets();
+            let mut mesh: Vec<Term> =
+                Vec::with_capacity((offsets[row + 1] - offsets[row]) as usize);
+            for m in offsets[row] as usize..offsets[row + 1] as usize {
+                lower.clear();
+                lower.extend(descriptor.value(m).chars().flat_map(char::to_lowercase));
+                if self.check_tags.contains(&lower) {
                     continue;
                 }
                 // By name, not UI: older records (and some PMC metadata) carry no UI, and one
                 // descriptor must be one term whichever record it comes from.
-                let key = m.descriptor.to_lowercase();
-                let next = self.mesh_ids.len() as u32;
-                let id = *self.mesh_ids.entry(key).or_insert(next);
-                mesh.push(Term { id, major: m.major });
+                let id = match self.mesh_ids.get(&lower) {
+                    Some(&id) => id,
+                    None => {
+                        let id = self.mesh_ids.len() as u32;
+                        self.mesh_ids.insert(lower.clone(), id);
+                        id
+                    }
+                };
+                mesh.push(Term {
+                    id,
+                    major: major.value(m),
+                });
             }
             mesh.sort_unstable();
             mesh.dedup_by(|b, a| {
@@ -191,9 +292,10 @@ impl CorpusBuilder {
                 }
             });
 
-            let mut keywords: Vec<Term> = Vec::with_capacity(a.keywords.len());
-            for k in &a.keywords {
-                let key = normalize_keyword(k);
+            let offsets = keyword_list.value_offsets();
+            let mut keywords: Vec<Term> = Vec::new();
+            for k in offsets[row] as usize..offsets[row + 1] as usize {
+                let key = normalize_keyword(keyword_values.value(k));
                 if key.is_empty() {
                     continue;
                 }
@@ -204,18 +306,24 @@ impl CorpusBuilder {
             keywords.sort_unstable();
             keywords.dedup();
 
-            let references: Vec<u64> = a
-                .references
-                .iter()
-                .flat_map(|r| id_keys(r.pmid.as_deref(), r.pmcid.as_deref(), r.doi.as_deref()))
-                .collect();
+            let offsets = reference_list.value_offsets();
+            let mut references: Vec<u64> =
+                Vec::with_capacity((offsets[row + 1] - offsets[row]) as usize);
+            for r in offsets[row] as usize..offsets[row + 1] as usize {
+                id_keys(
+                    optional(ref_pmid, r),
+                    optional(ref_pmcid, r),
+                    optional(ref_doi, r),
+                    &mut references,
+                );
+            }
 
-            let split = self.splits.split_of(&a.id);
+            let doc_id = id.value(row);
             self.corpus.docs.push(Doc {
-                id: a.id,
-                title: a.title,
-                text: a.text,
-                split,
+                id: doc_id.to_string(),
+                title: title.value(row).to_string(),
+                text: body.value(row).to_string(),
+                split: self.splits.split_of(doc_id),
             });
             self.corpus.mesh.push(mesh);
             self.corpus.keywords.push(keywords);

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use medembed_corpus::clean::{self, CleanPartStats, clean_schema};
+use medembed_corpus::clean::CleanPartStats;
 use medembed_corpus::pairs::{
     EvalDocument, EvalQuery, PairStats, Split, eval_document_schema, eval_query_schema, pair_schema,
 };
@@ -29,7 +29,7 @@ use medembed_pipeline::{keys, table};
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
 
 use crate::build::{PairOutputs, build_pairs};
-use crate::corpus::{Corpus, CorpusBuilder};
+use crate::corpus::{Corpus, CorpusBuilder, pairing_schema};
 use crate::output::{pair_batches, pairs_csv};
 
 pub const STAGE: &str = "pairs";
@@ -125,9 +125,9 @@ async fn load_corpus(
         let data = store.get(&key).await?;
         // Decoding is CPU work: off the async threads.
         builder = tokio::task::spawn_blocking(move || -> Result<CorpusBuilder, StageError> {
-            let batches = table::decode(&key, data, &clean_schema())?;
-            let articles = clean::from_batches(&key, &batches).map_err(StageError::permanent)?;
-            builder.add(articles);
+            for batch in table::decode(&key, data, &pairing_schema())? {
+                builder.add_batch(&batch);
+            }
             Ok(builder)
         })
         .await

@@ -4,20 +4,19 @@
 //! with a term's weight = IDF · (`major_weight` if it is a major topic of that document). Rare
 //! descriptors say more than common ones, and a major topic more than a minor one.
 //!
-//! Candidates come from prefix filtering (Bayardo et al., "Scaling up all pairs similarity
-//! search", WWW 2007) over an inverted index. If J(a, b) ≥ t then the shared weight, counted on
-//! a's side, is at least t · W(a). Order every document's terms rarest first; its *prefix* is
-//! what remains after taking off the longest tail of common terms weighing less than t · W(a).
-//! Two documents with J ≥ t must share a term that is in both prefixes (the first shared term in
-//! that order cannot lie in either tail), so indexing and probing prefixes only is exact, and it
-//! leaves out of the scan precisely the common terms whose posting lists are long. Every pair
-//! found is then scored exactly.
-//!
-//! A term in more than `max_posting` documents generates no candidates even in a prefix (it still
-//! counts in every score): a safety valve for corpora dominated by one descriptor, at the price of
-//! pairs that share only such terms among their prefixes. Each document scans only the postings
+//! Candidates come from an inverted index (term → documents). A term in more than `max_posting`
+//! documents (e.g. "Neoplasms") generates no candidates: its posting list would pair a large part
+//! of the corpus with itself, yet its low IDF rarely decides a pair. It still counts in the score
+//! of every pair found through other terms, exactly: scanning the postings accumulates the shared
+//! weight of the generating terms; the shared weight of the others is at most the smaller of the
+//! two documents' weight in such terms, and only pairs whose bound reaches the threshold merge
+//! their (short) lists of such terms to complete the score. Each document scans only the postings
 //! after it (each unordered pair once), on all cores, in fixed chunks whose results are joined in
 //! order, so the output does not depend on the thread count.
+//!
+//! (Prefix filtering, which indexes only each document's rarest terms, was tried and measured
+//! slower here: with `max_posting` already keeping long lists out, it removed few visits but made
+//! every visited pair need a full merge.)
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -44,23 +43,23 @@ pub struct Candidates {
 #[derive(Debug)]
 pub struct TermIndex<'a> {
     sets: &'a [Vec<Term>],
-    df: Vec<u32>,
     idf: Vec<f32>,
     major_weight: f32,
-    max_posting: usize,
-    /// Per document: the sum of its term weights.
+    /// Postings of the terms that generate candidates: `offsets[t]..offsets[t + 1]` in
+    /// `entries`; an entry is a document index, its top bit set if the term is major there.
+    offsets: Vec<usize>,
+    entries: Vec<u32>,
+    generates: Vec<bool>,
+    /// Per document: total weight, and the weight of its terms that generate no candidates.
     totals: Vec<f32>,
+    stop_totals: Vec<f32>,
+    /// Per document, its terms that generate no candidates with their weights, sorted by id:
+    /// `stop_offsets[d]..stop_offsets[d + 1]` in `stop_terms`.
+    stop_offsets: Vec<usize>,
+    stop_terms: Vec<(u32, f32)>,
 }
 
-/// Prefix postings for one threshold: `offsets[t]..offsets[t + 1]` in `docs` are the documents
-/// (ascending) with term `t` in their prefix; `prefixes` likewise per document.
-#[derive(Debug)]
-struct PrefixIndex {
-    offsets: Vec<usize>,
-    docs: Vec<u32>,
-    prefix_offsets: Vec<usize>,
-    prefixes: Vec<u32>,
-}
+const MAJOR_BIT: u32 = 1 << 31;
 
 impl<'a> TermIndex<'a> {
     /// `sets[i]` are document i's terms, sorted by id (empty = the document takes no part).
@@ -87,19 +86,49 @@ impl<'a> TermIndex<'a> {
                 }
             })
             .collect();
-        let mut index = Self {
-            sets,
-            df,
-            idf,
-            major_weight: major_weight as f32,
-            max_posting,
-            totals: Vec::new(),
-        };
-        index.totals = sets
+        let generates: Vec<bool> = df
             .iter()
-            .map(|set| set.iter().map(|&t| index.weight(t)).sum())
+            .map(|&d| d >= 2 && d as usize <= max_posting)
             .collect();
-        index
+        let mut offsets = vec![0usize; n_terms + 1];
+        for (t, &d) in df.iter().enumerate() {
+            offsets[t + 1] = offsets[t] + if generates[t] { d as usize } else { 0 };
+        }
+        let mut entries = vec![0u32; offsets[n_terms]];
+        let mut fill = offsets.clone();
+        let major_weight = major_weight as f32;
+        let mut totals = vec![0f32; sets.len()];
+        let mut stop_totals = vec![0f32; sets.len()];
+        let mut stop_offsets = Vec::with_capacity(sets.len() + 1);
+        stop_offsets.push(0);
+        let mut stop_terms = Vec::new();
+        for (doc, set) in sets.iter().enumerate() {
+            for t in set {
+                let w = idf[t.id as usize] * if t.major { major_weight } else { 1.0 };
+                totals[doc] += w;
+                let term = t.id as usize;
+                if generates[term] {
+                    entries[fill[term]] = doc as u32 | if t.major { MAJOR_BIT } else { 0 };
+                    fill[term] += 1;
+                } else {
+                    stop_totals[doc] += w;
+                    stop_terms.push((t.id, w));
+                }
+            }
+            stop_offsets.push(stop_terms.len());
+        }
+        Self {
+            sets,
+            idf,
+            major_weight,
+            offsets,
+            entries,
+            generates,
+            totals,
+            stop_totals,
+            stop_offsets,
+            stop_terms,
+        }
     }
 
     fn weight(&self, t: Term) -> f32 {
@@ -125,65 +154,27 @@ impl<'a> TermIndex<'a> {
         if union <= 0.0 { 0.0 } else { shared / union }
     }
 
-    /// Each document's prefix for `threshold`, as postings.
-    fn prefix_index(&self, threshold: f32) -> PrefixIndex {
-        let n_terms = self.df.len();
-        let generates = |t: u32| {
-            let d = self.df[t as usize] as usize;
-            d >= 2 && d <= self.max_posting
-        };
-        let mut prefix_offsets = Vec::with_capacity(self.sets.len() + 1);
-        prefix_offsets.push(0);
-        let mut prefixes: Vec<u32> = Vec::new();
-        let mut counts = vec![0usize; n_terms + 1];
-        let mut ordered: Vec<Term> = Vec::new();
-        for (doc, set) in self.sets.iter().enumerate() {
-            ordered.clear();
-            ordered.extend_from_slice(set);
-            // Rarest first; ties by id, so the order is one global order.
-            ordered.sort_unstable_by_key(|t| (self.df[t.id as usize], t.id));
-            let budget = threshold * self.totals[doc];
-            let mut tail = 0f32;
-            let mut prefix_len = ordered.len();
-            while prefix_len > 0 {
-                let w = self.weight(ordered[prefix_len - 1]);
-                if tail + w >= budget {
-                    break;
-                }
-                tail += w;
-                prefix_len -= 1;
-            }
-            for t in &ordered[..prefix_len] {
-                if generates(t.id) {
-                    prefixes.push(t.id);
-                    counts[t.id as usize + 1] += 1;
+    /// Σ min(wa, wb) over the terms of `a` and `b` that generate no candidates.
+    fn stop_shared(&self, a: usize, b: usize) -> f32 {
+        let x = &self.stop_terms[self.stop_offsets[a]..self.stop_offsets[a + 1]];
+        let y = &self.stop_terms[self.stop_offsets[b]..self.stop_offsets[b + 1]];
+        let (mut i, mut j, mut shared) = (0, 0, 0f32);
+        while i < x.len() && j < y.len() {
+            match x[i].0.cmp(&y[j].0) {
+                std::cmp::Ordering::Less => i += 1,
+                std::cmp::Ordering::Greater => j += 1,
+                std::cmp::Ordering::Equal => {
+                    shared += x[i].1.min(y[j].1);
+                    i += 1;
+                    j += 1;
                 }
             }
-            prefix_offsets.push(prefixes.len());
         }
-        let mut offsets = counts;
-        for t in 0..n_terms {
-            offsets[t + 1] += offsets[t];
-        }
-        let mut docs = vec![0u32; offsets[n_terms]];
-        let mut fill = offsets.clone();
-        for doc in 0..self.sets.len() {
-            for &t in &prefixes[prefix_offsets[doc]..prefix_offsets[doc + 1]] {
-                docs[fill[t as usize]] = doc as u32;
-                fill[t as usize] += 1;
-            }
-        }
-        PrefixIndex {
-            offsets,
-            docs,
-            prefix_offsets,
-            prefixes,
-        }
+        shared
     }
 
     /// Pairs scoring at least `threshold`, best `keep_per_document` per first document; with
-    /// `near_misses`, also each document's best pair below the threshold (among pairs sharing a
-    /// prefix term).
+    /// `near_misses`, also each document's best pair below the threshold.
     pub fn candidates(
         &self,
         threshold: f32,
@@ -191,7 +182,6 @@ impl<'a> TermIndex<'a> {
         near_misses: bool,
     ) -> Candidates {
         const CHUNK: usize = 2048;
-        let index = self.prefix_index(threshold);
         let n = self.sets.len();
         let chunks = n.div_ceil(CHUNK);
         let next = AtomicUsize::new(0);
@@ -202,7 +192,7 @@ impl<'a> TermIndex<'a> {
             let workers: Vec<_> = (0..threads)
                 .map(|_| {
                     scope.spawn(|| {
-                        let mut seen = vec![false; n];
+                        let mut acc = vec![0f32; n];
                         let mut touched: Vec<u32> = Vec::new();
                         let mut out = Vec::new();
                         loop {
@@ -214,11 +204,10 @@ impl<'a> TermIndex<'a> {
                             for a in chunk * CHUNK..((chunk + 1) * CHUNK).min(n) {
                                 self.candidates_of(
                                     a,
-                                    &index,
                                     threshold,
                                     keep_per_document,
                                     near_misses,
-                                    &mut seen,
+                                    &mut acc,
                                     &mut touched,
                                     &mut found,
                                 );
@@ -247,41 +236,62 @@ impl<'a> TermIndex<'a> {
     fn candidates_of(
         &self,
         a: usize,
-        index: &PrefixIndex,
         threshold: f32,
         keep: usize,
         near_misses: bool,
-        seen: &mut [bool],
+        acc: &mut [f32],
         touched: &mut Vec<u32>,
         found: &mut Candidates,
     ) {
-        for &t in &index.prefixes[index.prefix_offsets[a]..index.prefix_offsets[a + 1]] {
-            let postings = &index.docs[index.offsets[t as usize]..index.offsets[t as usize + 1]];
+        for &t in &self.sets[a] {
+            let term = t.id as usize;
+            if !self.generates[term] {
+                continue;
+            }
+            let wa = self.weight(t);
+            let idf = self.idf[term];
+            let postings = &self.entries[self.offsets[term]..self.offsets[term + 1]];
             // Postings are in document order: only documents after `a`.
-            let start = postings.partition_point(|&d| d as usize <= a);
-            for &b in &postings[start..] {
-                if !seen[b as usize] {
-                    seen[b as usize] = true;
-                    touched.push(b);
+            let start = postings.partition_point(|&e| (e & !MAJOR_BIT) as usize <= a);
+            for &e in &postings[start..] {
+                let b = (e & !MAJOR_BIT) as usize;
+                let wb = if e & MAJOR_BIT != 0 {
+                    idf * self.major_weight
+                } else {
+                    idf
+                };
+                if acc[b] == 0.0 {
+                    touched.push(b as u32);
                 }
+                acc[b] += wa.min(wb);
             }
         }
         let mut mine: Vec<Scored> = Vec::new();
         let mut best_miss: Option<Scored> = None;
         for &b in touched.iter() {
-            seen[b as usize] = false;
-            let score = self.score(a, b as usize);
+            let b = b as usize;
+            let acc_b = acc[b];
+            acc[b] = 0.0;
+            let bound = acc_b + self.stop_totals[a].min(self.stop_totals[b]);
+            let upper = bound / (self.totals[a] + self.totals[b] - bound);
+            let score = if upper >= threshold {
+                let shared = acc_b + self.stop_shared(a, b);
+                shared / (self.totals[a] + self.totals[b] - shared)
+            } else if near_misses {
+                upper
+            } else {
+                continue;
+            };
             let pair = Scored {
                 a: a as u32,
-                b,
+                b: b as u32,
                 score,
             };
             if score >= threshold {
                 mine.push(pair);
             } else if near_misses
-                && score > 0.0
                 && best_miss.is_none_or(|m| {
-                    (score, std::cmp::Reverse(b)) > (m.score, std::cmp::Reverse(m.b))
+                    (score, std::cmp::Reverse(b)) > (m.score, std::cmp::Reverse(m.b as usize))
                 })
             {
                 best_miss = Some(pair);
