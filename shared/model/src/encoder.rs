@@ -1,0 +1,146 @@
+//! [`SentenceEncoder`]: a model folder loaded for embedding. Texts are tokenized, sorted by length
+//! and cut into batches by a token budget, so a batch pads its texts only up to its own longest
+//! (short texts never wait on a long one); each batch is encoded, pooled (mean over real tokens,
+//! or [CLS]) and L2-normalized when the model says so; results come back in input order.
+
+use std::path::Path;
+
+use tch::{Device, Kind, Tensor, nn};
+
+use crate::bert::Bert;
+use crate::folder::{ModelFolder, Pooling};
+use crate::tokenizer::TextTokenizer;
+use crate::{ModelError, Result};
+
+#[derive(Debug)]
+pub struct SentenceEncoder {
+    pub folder: ModelFolder,
+    pub tokenizer: TextTokenizer,
+    pub vs: nn::VarStore,
+    pub bert: Bert,
+    /// Most padded tokens (batch × longest) per forward pass.
+    pub token_budget: usize,
+}
+
+impl SentenceEncoder {
+    /// Loads a model folder onto `device`.
+    pub fn load(dir: &Path, device: Device) -> Result<Self> {
+        let folder = ModelFolder::open(dir)?;
+        let tokenizer = TextTokenizer::from_folder(dir, folder.max_seq_length)?;
+        let mut vs = nn::VarStore::new(device);
+        let bert = Bert::new(&vs.root(), &folder.config)?;
+        load_weights(&mut vs, dir)?;
+        Ok(Self {
+            folder,
+            tokenizer,
+            vs,
+            bert,
+            token_budget: 16_384,
+        })
+    }
+
+    pub fn dimension(&self) -> usize {
+        self.folder.config.hidden_size as usize
+    }
+
+    /// Token ids, as the model sees them.
+    pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Vec<i64>>> {
+        self.tokenizer.encode(texts)
+    }
+
+    /// One embedding per text, in input order.
+    pub fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let ids = self.tokenize(texts)?;
+        let mut order: Vec<usize> = (0..ids.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(ids[i].len()));
+        let mut out: Vec<Vec<f32>> = vec![Vec::new(); ids.len()];
+        let _guard = tch::no_grad_guard();
+        let mut start = 0;
+        while start < order.len() {
+            // Longest first: the batch's first text sets its padded length.
+            let longest = ids[order[start]].len().max(1);
+            let size = (self.token_budget / longest)
+                .max(1)
+                .min(order.len() - start);
+            let batch: Vec<&[i64]> = order[start..start + size]
+                .iter()
+                .map(|&i| ids[i].as_slice())
+                .collect();
+            let vectors = self.embed_batch(&batch)?;
+            for (row, &i) in order[start..start + size].iter().enumerate() {
+                out[i] = vectors[row].clone();
+            }
+            start += size;
+        }
+        Ok(out)
+    }
+
+    /// Sentence embeddings `[batch, hidden]` of token id lists (as a tensor, for training).
+    pub fn forward(&self, batch: &[&[i64]], train: bool) -> Tensor {
+        let longest = batch.iter().map(|b| b.len()).max().unwrap_or(1).max(1);
+        let pad = self.folder.config.pad_token_id;
+        let mut flat = Vec::with_capacity(batch.len() * longest);
+        let mut mask = Vec::with_capacity(batch.len() * longest);
+        for ids in batch {
+            flat.extend_from_slice(ids);
+            flat.extend(std::iter::repeat_n(pad, longest - ids.len()));
+            mask.extend(std::iter::repeat_n(1i64, ids.len()));
+            mask.extend(std::iter::repeat_n(0i64, longest - ids.len()));
+        }
+        let device = self.vs.device();
+        let shape = [batch.len() as i64, longest as i64];
+        let input = Tensor::from_slice(&flat).view(shape).to(device);
+        let mask = Tensor::from_slice(&mask).view(shape).to(device);
+        let hidden = self.bert.forward(&input, &mask, train);
+        let pooled = match self.folder.pooling {
+            Pooling::Cls => hidden.select(1, 0),
+            Pooling::Mean => {
+                let m = mask.unsqueeze(-1).to_kind(hidden.kind());
+                (hidden * &m).sum_dim_intlist(1, false, None)
+                    / m.sum_dim_intlist(1, false, None).clamp_min(1e-9)
+            }
+        };
+        if self.folder.normalize {
+            let norm = pooled.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12);
+            pooled / norm
+        } else {
+            pooled
+        }
+    }
+
+    fn embed_batch(&self, batch: &[&[i64]]) -> Result<Vec<Vec<f32>>> {
+        let embeddings = self
+            .forward(batch, false)
+            .to_kind(Kind::Float)
+            .to(Device::Cpu);
+        let flat: Vec<f32> = Vec::<f32>::try_from(embeddings.flatten(0, -1))?;
+        Ok(flat.chunks(self.dimension()).map(<[f32]>::to_vec).collect())
+    }
+}
+
+/// Copies the folder's weights into `vs` by name (`bert.` prefix or not; pooler and buffers such
+/// as `position_ids` are not parameters here). Every parameter must be found, with its shape.
+fn load_weights(vs: &mut nn::VarStore, dir: &Path) -> Result<()> {
+    let path = dir.join("model.safetensors");
+    let tensors = Tensor::read_safetensors(&path)?;
+    let mut by_name: std::collections::HashMap<String, Tensor> = tensors
+        .into_iter()
+        .map(|(name, t)| (name.strip_prefix("bert.").unwrap_or(&name).to_string(), t))
+        .collect();
+    let _guard = tch::no_grad_guard();
+    for (name, mut var) in vs.variables() {
+        let source = by_name.remove(&name).ok_or_else(|| {
+            ModelError::Weights(format!("{}: no tensor {name:?}", path.display()))
+        })?;
+        if source.size() != var.size() {
+            return Err(ModelError::Weights(format!(
+                "{}: {name:?} has shape {:?}, the config says {:?}",
+                path.display(),
+                source.size(),
+                var.size()
+            )));
+        }
+        var.copy_(&source.to_kind(var.kind()));
+    }
+    Ok(())
+}
