@@ -136,3 +136,38 @@ fn a_folder_without_weights_or_config_is_an_error_naming_the_file() {
     let err = SentenceEncoder::load(dir, Device::Cpu).expect_err("no weights");
     assert!(err.to_string().contains("model.safetensors"), "{err}");
 }
+
+#[test]
+fn a_folder_with_only_vocab_txt_tokenizes_like_tokenizer_json() {
+    // PubMedBERT ships vocab.txt and no tokenizer.json: the WordPiece tokenizer built from it must
+    // give the very ids the model's tokenizer.json gives.
+    let reference = reference();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for file in [
+        "config.json",
+        "model.safetensors",
+        "vocab.txt",
+        "tokenizer_config.json",
+        "sentence_bert_config.json",
+        "modules.json",
+    ] {
+        std::fs::copy(model_dir().join(file), tmp.path().join(file)).expect("copy");
+    }
+    std::fs::create_dir(tmp.path().join("1_Pooling")).expect("mkdir");
+    std::fs::copy(
+        model_dir().join("1_Pooling/config.json"),
+        tmp.path().join("1_Pooling/config.json"),
+    )
+    .expect("copy");
+    let encoder =
+        SentenceEncoder::load(tmp.path(), Device::Cpu).expect("loads without tokenizer.json");
+    let texts: Vec<&str> = reference.texts.iter().map(|t| t.text.as_str()).collect();
+    for (got, want) in encoder
+        .tokenize(&texts)
+        .expect("tokenize")
+        .iter()
+        .zip(&reference.texts)
+    {
+        assert_eq!(got, &want.input_ids, "vocab.txt ids of {:?}", want.text);
+    }
+}
