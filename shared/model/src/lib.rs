@@ -1,11 +1,12 @@
 //! medembed-model owns sentence embeddings with BERT in tch (libtorch): reading a Hugging Face /
 //! sentence-transformers model folder ([`folder`]), the BERT encoder ([`bert`]), tokenization
 //! ([`tokenizer`]) and batched, padding-thrifty encoding with pooling and normalization
-//! ([`encoder`]). Used by the trainer, the indexer and the api.
+//! ([`encoder`]), and fetching base models from a Hugging Face hub ([`hub`]). Used by the trainer, the indexer and the api.
 
 pub mod bert;
 pub mod encoder;
 pub mod folder;
+pub mod hub;
 pub mod tokenizer;
 
 pub use encoder::SentenceEncoder;
@@ -25,6 +26,8 @@ pub enum ModelError {
     },
     #[error("model weights: {0}")]
     Weights(String),
+    #[error("model hub: {0}")]
+    Hub(String),
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     #[error("libtorch: {0}")]
