@@ -230,12 +230,10 @@ impl Stage for FetchStage {
     ) -> Result<Vec<Outgoing>, StageError> {
         let job = task.job_id;
         let store = ctx.store.as_ref();
-        let manifest_key = keys::raw_manifest(job);
-        let manifest = match store.get(&manifest_key).await {
+        let manifest = match RawManifest::load(store, job).await? {
             // Done before (a redelivery after the manifest was written): publish again, harmlessly.
-            Ok(bytes) => serde_json::from_slice::<RawManifest>(&bytes)
-                .map_err(|e| StageError::permanent(format!("{manifest_key}: {e}")))?,
-            Err(StoreError::NotFound { .. }) => {
+            Some(manifest) => manifest,
+            None => {
                 let spec = load_spec(store, job).await?;
                 let mut status = StageStatus::load(store, job, STAGE).await?;
                 status.start();
@@ -273,8 +271,7 @@ impl Stage for FetchStage {
                     }
                 }
                 let manifest = parts.manifest;
-                let body = serde_json::to_vec_pretty(&manifest).expect("manifest is plain data");
-                store.put(&manifest_key, Bytes::from(body)).await?;
+                manifest.save(store).await?;
                 status.counts.insert("articles".into(), manifest.articles);
                 status
                     .counts
@@ -288,7 +285,6 @@ impl Stage for FetchStage {
                 tracing::info!(%job, articles = manifest.articles, parts = manifest.parts.len(), "fetch done");
                 manifest
             }
-            Err(e) => return Err(e.into()),
         };
         let mut out: Vec<Outgoing> = manifest
             .parts

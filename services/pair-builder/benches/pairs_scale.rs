@@ -57,19 +57,8 @@ async fn write_corpus(store: &dyn ObjectStore, job: JobId, n: usize) {
             articles: stats.kept,
         });
     }
-    let manifest = RawManifest {
-        version: 1,
-        job_id: job,
-        articles: n as u64,
-        parts,
-        skipped: Default::default(),
-        warnings: Vec::new(),
-    };
-    store
-        .put(
-            &keys::raw_manifest(job),
-            Bytes::from(serde_json::to_vec(&manifest).expect("json")),
-        )
+    RawManifest::new(job, parts)
+        .save(store)
         .await
         .expect("manifest");
 }

@@ -35,25 +35,15 @@ fn ctx(store: &Arc<dyn ObjectStore>) -> TaskContext {
 }
 
 async fn put_manifest(store: &dyn ObjectStore, job: JobId, parts: u32) {
-    let manifest = RawManifest {
-        version: 1,
-        job_id: job,
-        parts: (0..parts)
-            .map(|part| RawPartInfo {
-                part,
-                key: keys::raw_part(job, part),
-                articles: 1,
-            })
-            .collect(),
-        articles: u64::from(parts),
-        skipped: Default::default(),
-        warnings: Vec::new(),
-    };
-    store
-        .put(
-            &keys::raw_manifest(job),
-            Bytes::from(serde_json::to_vec(&manifest).expect("json")),
-        )
+    let parts = (0..parts)
+        .map(|part| RawPartInfo {
+            part,
+            key: keys::raw_part(job, part),
+            articles: 1,
+        })
+        .collect();
+    RawManifest::new(job, parts)
+        .save(store)
         .await
         .expect("manifest");
 }

@@ -12,7 +12,7 @@ use arrow::record_batch::RecordBatch;
 use medembed_pipeline::keys;
 use medembed_pipeline::messages::JobId;
 use medembed_pipeline::runner::StageError;
-use medembed_pipeline::store::{ObjectStore, read_json};
+use medembed_pipeline::store::{ObjectStore, StoreError, read_json};
 use serde::{Deserialize, Serialize};
 
 use crate::article::RawArticle;
@@ -78,6 +78,26 @@ pub struct RawManifest {
 }
 
 impl RawManifest {
+    /// A manifest of `parts`, nothing skipped.
+    pub fn new(job_id: JobId, parts: Vec<RawPartInfo>) -> Self {
+        Self {
+            version: 1,
+            job_id,
+            articles: parts.iter().map(|p| p.articles).sum(),
+            parts,
+            skipped: BTreeMap::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Writes `raw/_manifest.json`.
+    pub async fn save(&self, store: &dyn ObjectStore) -> Result<(), StoreError> {
+        let body = serde_json::to_vec_pretty(self).expect("a manifest is plain data");
+        store
+            .put(&keys::raw_manifest(self.job_id), bytes::Bytes::from(body))
+            .await
+    }
+
     /// The job's manifest, or None while the fetch is not complete. A manifest that does not
     /// parse is an error naming its key (a bug or a foreign file, never a normal state).
     pub async fn load(store: &dyn ObjectStore, job: JobId) -> Result<Option<Self>, StageError> {
