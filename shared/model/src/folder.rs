@@ -11,7 +11,7 @@ use serde::Deserialize;
 use crate::{ModelError, Result};
 
 /// `config.json`: the fields of a BERT model that shape it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 pub struct BertConfig {
     pub vocab_size: i64,
     pub hidden_size: i64,

@@ -7,6 +7,7 @@ pub mod bert;
 pub mod encoder;
 pub mod folder;
 pub mod hub;
+pub mod testing;
 pub mod tokenizer;
 
 pub use encoder::SentenceEncoder;
