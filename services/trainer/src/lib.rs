@@ -1,5 +1,8 @@
 //! medembed-trainer: the train stage. It owns fine-tuning a sentence encoder on the pair-builder's
-//! pairs. Built so far: the losses ([`loss`]). The optimizer schedule, evaluation, checkpoints,
+//! pairs. Built so far: the losses ([`loss`]), the evaluation measures ([`metrics`]) and the
+//! learning-rate schedule ([`schedule`]). The training loop, evaluation runs, checkpoints,
 //! artifacts, the stage and the `medembed train` command come next (issue 5).
 
 pub mod loss;
+pub mod metrics;
+pub mod schedule;
