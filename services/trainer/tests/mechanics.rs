@@ -96,3 +96,44 @@ fn cosine_and_contrastive_training_lower_the_loss() {
     println!("contrastive: {first:.4} -> {last:.4}");
     assert!(last < first * 0.8, "contrastive {first} -> {last}");
 }
+
+#[test]
+fn weight_decay_spares_biases_and_layer_norms() {
+    use medembed_model::bert::{DECAY_GROUP, NO_DECAY_GROUP};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let encoder = tiny_encoder(tmp.path());
+    let before: Vec<(String, Tensor)> = encoder
+        .vs
+        .variables()
+        .into_iter()
+        .map(|(n, t)| (n, t.copy()))
+        .collect();
+    let mut optimizer = nn::AdamW::default()
+        .build(&encoder.vs, 0.1)
+        .expect("optimizer");
+    optimizer.set_weight_decay_group(DECAY_GROUP, 0.5);
+    optimizer.set_weight_decay_group(NO_DECAY_GROUP, 0.0);
+    // A loss with zero gradient everywhere: only weight decay moves anything.
+    let ids = encoder.tokenize(&["tumour"]).expect("tokenize");
+    let zero = (encoder.forward(&[ids[0].as_slice()], false) * 0.0).sum(tch::Kind::Float);
+    optimizer.backward_step(&zero);
+    let after = encoder.vs.variables();
+    let (mut decayed, mut spared) = (0, 0);
+    for (name, old) in &before {
+        let new = &after[name];
+        let no_decay = name.ends_with(".bias") || name.contains("LayerNorm");
+        if no_decay {
+            assert!(new.equal(old), "{name} must not decay");
+            spared += 1;
+        } else {
+            // Decoupled decay: w ← w · (1 − lr · wd) = 0.95 w.
+            let expected = old * 0.95;
+            assert!(new.allclose(&expected, 1e-5, 1e-7, false), "{name} decays");
+            decayed += 1;
+        }
+    }
+    assert!(
+        decayed > 10 && spared > 10,
+        "{decayed} decayed, {spared} spared"
+    );
+}

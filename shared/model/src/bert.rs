@@ -2,6 +2,10 @@
 //! `scaled_dot_product_attention`) and feed-forward, each with a residual and LayerNorm. No pooler:
 //! sentence embeddings pool the last hidden states. Parameter names are Hugging Face's, so a
 //! checkpoint loads by name with or without the `bert.` prefix.
+//!
+//! Parameters sit in two optimizer groups, as fine-tuning BERT wants them: [`DECAY_GROUP`] (weight
+//! matrices and embeddings) and [`NO_DECAY_GROUP`] (biases and LayerNorm), so AdamW's weight decay
+//! can be set per group (`set_weight_decay_group`).
 
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
@@ -9,15 +13,57 @@ use tch::{Kind, Tensor};
 use crate::folder::BertConfig;
 use crate::{ModelError, Result};
 
+/// Optimizer group of weight matrices and embeddings (weight decay applies).
+pub const DECAY_GROUP: usize = 0;
+/// Optimizer group of biases and LayerNorm parameters (no weight decay).
+pub const NO_DECAY_GROUP: usize = 1;
+
+/// A dense layer whose bias is in [`NO_DECAY_GROUP`].
+#[derive(Debug)]
+struct Linear {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    fn new(p: nn::Path, inputs: i64, outputs: i64) -> Self {
+        let bound = 1.0 / (inputs as f64).sqrt();
+        Self {
+            weight: p.var(
+                "weight",
+                &[outputs, inputs],
+                nn::Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                },
+            ),
+            bias: p.set_group(NO_DECAY_GROUP).var(
+                "bias",
+                &[outputs],
+                nn::Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                },
+            ),
+        }
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        x.linear(&self.weight, Some(&self.bias))
+    }
+}
+
 #[derive(Debug)]
 struct Layer {
-    query: nn::Linear,
-    key: nn::Linear,
-    value: nn::Linear,
-    attention_out: nn::Linear,
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attention_out: Linear,
     attention_norm: nn::LayerNorm,
-    intermediate: nn::Linear,
-    output: nn::Linear,
+    intermediate: Linear,
+    output: Linear,
     output_norm: nn::LayerNorm,
 }
 
@@ -53,7 +99,7 @@ impl Bert {
         let h = config.hidden_size;
         let norm = |p: nn::Path| {
             nn::layer_norm(
-                p,
+                p.set_group(NO_DECAY_GROUP),
                 vec![h],
                 nn::LayerNormConfig {
                     eps: config.layer_norm_eps,
@@ -67,28 +113,17 @@ impl Bert {
                 let l = root / "encoder" / "layer" / i;
                 let attention = &l / "attention";
                 Layer {
-                    query: nn::linear(&attention / "self" / "query", h, h, Default::default()),
-                    key: nn::linear(&attention / "self" / "key", h, h, Default::default()),
-                    value: nn::linear(&attention / "self" / "value", h, h, Default::default()),
-                    attention_out: nn::linear(
-                        &attention / "output" / "dense",
-                        h,
-                        h,
-                        Default::default(),
-                    ),
+                    query: Linear::new(&attention / "self" / "query", h, h),
+                    key: Linear::new(&attention / "self" / "key", h, h),
+                    value: Linear::new(&attention / "self" / "value", h, h),
+                    attention_out: Linear::new(&attention / "output" / "dense", h, h),
                     attention_norm: norm(&attention / "output" / "LayerNorm"),
-                    intermediate: nn::linear(
+                    intermediate: Linear::new(
                         &l / "intermediate" / "dense",
                         h,
                         config.intermediate_size,
-                        Default::default(),
                     ),
-                    output: nn::linear(
-                        &l / "output" / "dense",
-                        config.intermediate_size,
-                        h,
-                        Default::default(),
-                    ),
+                    output: Linear::new(&l / "output" / "dense", config.intermediate_size, h),
                     output_norm: norm(&l / "output" / "LayerNorm"),
                 }
             })
