@@ -1,0 +1,173 @@
+//! Training pairs from either source the trainer takes: the pair-builder's Parquet
+//! (`pairs/{train,val,test}.parquet`, [`medembed_corpus::pairs::Pair`]) or the original project's
+//! CSV (`text1,text2,label`, a header row, RFC 4180 quoting), for `medembed train --train FILE`.
+//! Bad input names the file and the row.
+
+use std::path::Path;
+
+use medembed_corpus::pairs::{pair_schema, pairs_from_batches};
+
+/// One labelled pair of texts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelledPair {
+    pub text_a: String,
+    pub text_b: String,
+    /// 1 = related, 0 = unrelated.
+    pub label: f32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{path}: {message}")]
+    File { path: String, message: String },
+    #[error("{path}: row {row}: {message}")]
+    Row {
+        path: String,
+        row: usize,
+        message: String,
+    },
+}
+
+/// Reads pairs from a `.parquet` file (pair-builder output) or a CSV file (`text1,text2,label`).
+pub fn read_pairs(path: &Path) -> Result<Vec<LabelledPair>, DataError> {
+    let name = path.display().to_string();
+    let file_error = |message: String| DataError::File {
+        path: name.clone(),
+        message,
+    };
+    let bytes = std::fs::read(path).map_err(|e| file_error(e.to_string()))?;
+    if path.extension().is_some_and(|e| e == "parquet") {
+        let batches = medembed_pipeline::table::decode(&name, bytes.into(), &pair_schema())
+            .map_err(|e| file_error(e.to_string()))?;
+        let pairs = pairs_from_batches(&name, &batches).map_err(|e| file_error(e.to_string()))?;
+        return Ok(pairs
+            .into_iter()
+            .map(|p| LabelledPair {
+                text_a: p.text_a,
+                text_b: p.text_b,
+                label: p.label,
+            })
+            .collect());
+    }
+    let mut reader = csv::Reader::from_reader(bytes.as_slice());
+    let headers = reader
+        .headers()
+        .map_err(|e| file_error(e.to_string()))?
+        .clone();
+    let column = |name: &str| {
+        headers
+            .iter()
+            .position(|h| h.trim() == name)
+            .ok_or_else(|| file_error(format!("no {name:?} column (expected text1,text2,label)")))
+    };
+    let (a, b, l) = (column("text1")?, column("text2")?, column("label")?);
+    let mut out = Vec::new();
+    for (i, record) in reader.records().enumerate() {
+        let row = i + 2; // 1-based, after the header
+        let record = record.map_err(|e| DataError::Row {
+            path: name.clone(),
+            row,
+            message: e.to_string(),
+        })?;
+        let field = |k: usize| record.get(k).unwrap_or("");
+        let label: f32 = field(l).trim().parse().map_err(|_| DataError::Row {
+            path: name.clone(),
+            row,
+            message: format!("label {:?} is not a number", field(l)),
+        })?;
+        if !(0.0..=1.0).contains(&label) {
+            return Err(DataError::Row {
+                path: name.clone(),
+                row,
+                message: format!("label {label} is outside 0..1"),
+            });
+        }
+        if field(a).trim().is_empty() || field(b).trim().is_empty() {
+            return Err(DataError::Row {
+                path: name.clone(),
+                row,
+                message: "an empty text".into(),
+            });
+        }
+        out.push(LabelledPair {
+            text_a: field(a).to_string(),
+            text_b: field(b).to_string(),
+            label,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seed_csv_reads_and_bad_rows_are_named() {
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/seed_positives_16.csv"
+        ));
+        let pairs = read_pairs(path).expect("seed csv");
+        assert_eq!(pairs.len(), 16);
+        assert!(pairs.iter().all(|p| p.label == 1.0 && p.text_a.len() > 100));
+        // Quoted commas and quotes inside abstracts survive.
+        assert!(pairs.iter().any(|p| p.text_a.contains(',')));
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (body, wanted) in [
+            (
+                "text1,text2,label\n\"a\",\"b\",maybe\n",
+                "row 2: label \"maybe\"",
+            ),
+            (
+                "text1,text2,label\na,b,1\nc,d,7\n",
+                "row 3: label 7 is outside",
+            ),
+            ("text1,text2,label\na,,1\n", "row 2: an empty text"),
+            ("sentence,other,score\na,b,1\n", "no \"text1\" column"),
+        ] {
+            let file = dir.path().join("bad.csv");
+            std::fs::write(&file, body).expect("write");
+            let err = read_pairs(&file).expect_err(body).to_string();
+            assert!(err.contains("bad.csv") && err.contains(wanted), "{err}");
+        }
+        let missing = read_pairs(&dir.path().join("nope.csv")).expect_err("missing");
+        assert!(missing.to_string().contains("nope.csv"));
+    }
+
+    #[test]
+    fn pair_builder_parquet_reads() {
+        use medembed_corpus::pairs::{Pair, pairs_to_batch};
+        let rows = vec![Pair {
+            id_a: "pmid:1".into(),
+            id_b: "pmid:2".into(),
+            text_a: "A".into(),
+            text_b: "B".into(),
+            label: 1.0,
+            source: "mesh".into(),
+            score: 0.4,
+        }];
+        let batch = pairs_to_batch("k", &rows).expect("batch");
+        let bytes =
+            medembed_pipeline::table::encode("k", &pair_schema(), &[batch]).expect("encode");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("train.parquet");
+        std::fs::write(&file, &bytes).expect("write");
+        assert_eq!(
+            read_pairs(&file).expect("parquet"),
+            vec![LabelledPair {
+                text_a: "A".into(),
+                text_b: "B".into(),
+                label: 1.0
+            }]
+        );
+        std::fs::write(&file, b"garbage").expect("write");
+        assert!(
+            read_pairs(&file)
+                .expect_err("garbage")
+                .to_string()
+                .contains("train.parquet")
+        );
+    }
+}
