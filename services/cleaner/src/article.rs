@@ -8,6 +8,7 @@
 
 use std::collections::HashSet;
 
+use medembed_corpus::article::id_keys;
 use medembed_corpus::clean::{CleanArticle, CleanPartStats};
 use medembed_corpus::{RawArticle, Section};
 use medembed_pipeline::config::{CleanSettings, TextField};
@@ -53,17 +54,25 @@ impl Cleaner {
             input: articles.len() as u64,
             ..CleanPartStats::default()
         };
-        let mut seen_ids: HashSet<String> = HashSet::new();
+        let mut seen_ids: HashSet<u64> = HashSet::new();
+        let mut ids: Vec<u64> = Vec::new();
         let mut seen_content: HashSet<u64> = HashSet::new();
         let mut kept = Vec::with_capacity(articles.len());
         for raw in articles {
             stats.text_bytes += text_bytes(raw);
             let article = self.clean_article(raw);
+            ids.clear();
+            id_keys(
+                article.pmid.as_deref(),
+                article.pmcid.as_deref(),
+                article.doi.as_deref(),
+                &mut ids,
+            );
             let drop = if article.text.chars().count() < self.settings.min_text_chars {
                 Some(reason::TOO_SHORT)
             } else if letter_ratio(&article.text) < self.settings.min_letter_ratio {
                 Some(reason::NOT_TEXT)
-            } else if ids_of(&article).any(|id| seen_ids.contains(&id)) {
+            } else if ids.iter().any(|id| seen_ids.contains(id)) {
                 Some(reason::DUPLICATE_ID)
             } else if !seen_content.insert(content_hash(&article.text)) {
                 Some(reason::DUPLICATE_CONTENT)
@@ -74,7 +83,7 @@ impl Cleaner {
                 *stats.dropped.entry(reason.to_string()).or_default() += 1;
                 continue;
             }
-            seen_ids.extend(ids_of(&article));
+            seen_ids.extend(&ids);
             stats.abbreviations += article.abbreviations.len() as u64;
             kept.push(article);
         }
@@ -198,19 +207,6 @@ fn letter_ratio(text: &str) -> f64 {
     } else {
         letters as f64 / total as f64
     }
-}
-
-fn ids_of(article: &CleanArticle) -> impl Iterator<Item = String> + '_ {
-    [
-        article.pmid.as_ref().map(|p| format!("pmid:{p}")),
-        article.pmcid.as_ref().map(|p| format!("pmcid:{p}")),
-        article
-            .doi
-            .as_ref()
-            .map(|d| format!("doi:{}", d.to_lowercase())),
-    ]
-    .into_iter()
-    .flatten()
 }
 
 /// A hash of the text's words, lower-cased, punctuation and spacing ignored: the same abstract

@@ -13,11 +13,12 @@ use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, RecordBatch, StringArray};
 use arrow::datatypes::Schema;
+use medembed_corpus::article::id_keys;
 use medembed_corpus::clean::{self, CleanArticle, clean_schema};
 use medembed_corpus::pairs::Split;
 use medembed_pipeline::config::PairSettings;
 use rustc_hash::{FxHashMap, FxHashSet};
-use xxhash_rust::xxh3::{Xxh3, xxh3_64};
+use xxhash_rust::xxh3::xxh3_64;
 
 use crate::split::SplitAssigner;
 
@@ -106,31 +107,6 @@ pub struct CorpusBuilder {
     keyword_ids: FxHashMap<String, u32>,
     /// Per document, hashes of the ids of the works it cites.
     pending_references: Vec<Vec<u64>>,
-}
-
-/// 64-bit hashes of an article's ids ("pmid:N", "pmcid:N" without the PMC prefix, "doi:…" lower
-/// case), as references and articles are matched.
-fn id_keys(pmid: Option<&str>, pmcid: Option<&str>, doi: Option<&str>, out: &mut Vec<u64>) {
-    let hash = |prefix: &[u8], value: &str| {
-        let mut h = Xxh3::new();
-        h.update(prefix);
-        h.update(value.as_bytes());
-        h.digest()
-    };
-    if let Some(p) = pmid {
-        out.push(hash(b"pmid:", p.trim()));
-    }
-    if let Some(p) = pmcid {
-        let p = p.trim();
-        let digits = p
-            .strip_prefix("PMC")
-            .or_else(|| p.strip_prefix("pmc"))
-            .unwrap_or(p);
-        out.push(hash(b"pmcid:", digits));
-    }
-    if let Some(d) = doi {
-        out.push(hash(b"doi:", &d.trim().to_lowercase()));
-    }
 }
 
 /// Author keywords compared case-folded, punctuation as spaces, and a light plural folding

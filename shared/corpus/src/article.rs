@@ -95,3 +95,29 @@ pub fn normalize_pmcid(id: &str) -> String {
         .unwrap_or(id);
     format!("PMC{digits}")
 }
+
+/// 64-bit hashes of an article's ids ("pmid:N", "pmcid:N" without the PMC prefix, "doi:…" lower
+/// case), appended to `out`: the one definition of "the same article" wherever ids are compared
+/// (duplicates in the cleaner and the pair-builder, references to corpus articles).
+pub fn id_keys(pmid: Option<&str>, pmcid: Option<&str>, doi: Option<&str>, out: &mut Vec<u64>) {
+    let hash = |prefix: &[u8], value: &str| {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        h.update(prefix);
+        h.update(value.as_bytes());
+        h.digest()
+    };
+    if let Some(p) = pmid {
+        out.push(hash(b"pmid:", p.trim()));
+    }
+    if let Some(p) = pmcid {
+        let p = p.trim();
+        let digits = p
+            .strip_prefix("PMC")
+            .or_else(|| p.strip_prefix("pmc"))
+            .unwrap_or(p);
+        out.push(hash(b"pmcid:", digits));
+    }
+    if let Some(d) = doi {
+        out.push(hash(b"doi:", &d.trim().to_lowercase()));
+    }
+}
