@@ -418,6 +418,11 @@ impl Default for Phases {
 }
 
 impl Phases {
+    /// Starts timing anew without recording the time since the previous lap.
+    pub fn restart(&mut self) {
+        self.last = std::time::Instant::now();
+    }
+
     /// Records the time since the previous lap under `phase`.
     pub fn lap(&mut self, phase: &str) {
         let now = std::time::Instant::now();

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use medembed_corpus::clean::CleanPartStats;
 use medembed_corpus::pairs::{
-    EvalDocument, EvalQuery, PairStats, Split, eval_document_schema, eval_query_schema, pair_schema,
+    EvalDocument, EvalQuery, Split, eval_document_schema, eval_query_schema, pair_schema,
 };
 use medembed_corpus::raw::RawManifest;
 use medembed_corpus::rows::rows_to_batch;
@@ -28,7 +28,7 @@ use medembed_pipeline::store::ObjectStore;
 use medembed_pipeline::{keys, table};
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
 
-use crate::build::{PairOutputs, build_pairs};
+use crate::build::{PairOutputs, Phases, build_pairs};
 use crate::corpus::{Corpus, CorpusBuilder, pairing_schema};
 use crate::output::{pair_batches, pairs_csv};
 
@@ -143,7 +143,7 @@ async fn write_outputs(
     corpus: std::sync::Arc<Corpus>,
     outputs: std::sync::Arc<PairOutputs>,
     settings: &PairSettings,
-    final_stats: impl Fn(&PairOutputs) -> PairStats,
+    (mut clock, started): (Phases, Instant),
 ) -> Result<(), StageError> {
     for split in Split::ALL {
         let key = keys::pairs_file(job, &format!("{split}.parquet"));
@@ -180,7 +180,11 @@ async fn write_outputs(
             .map_err(StageError::permanent)?;
         table::write(store, &key, &eval_document_schema(), &[batch]).await?;
     }
-    let stats = serde_json::to_vec_pretty(&final_stats(&outputs)).expect("stats are plain data");
+    clock.lap("write");
+    let mut stats = outputs.stats.clone();
+    stats.phase_seconds.extend(clock.seconds);
+    stats.build_seconds = started.elapsed().as_secs_f64();
+    let stats = serde_json::to_vec_pretty(&stats).expect("stats are plain data");
     store
         .put(&keys::pairs_file(job, "stats.json"), Bytes::from(stats))
         .await?;
@@ -245,9 +249,9 @@ impl Stage for PairStage {
         status.unit = "documents".into();
         status.save(store, job).await?;
 
-        let load_started = Instant::now();
+        let mut clock = Phases::default();
         let (corpus, clean_totals) = load_corpus(store, job, &manifest, &self.settings).await?;
-        let load_seconds = load_started.elapsed().as_secs_f64();
+        clock.lap("load");
         finish_clean_status(store, job, manifest.parts.len() as u64, &clean_totals).await?;
         tracing::info!(documents = corpus.len(), "corpus loaded; building pairs");
         let corpus = std::sync::Arc::new(corpus);
@@ -257,20 +261,8 @@ impl Stage for PairStage {
             .await
             .map_err(|e| StageError::permanent(format!("job {job}: building pairs: {e}")))?;
         outputs.stats.cleaner_dropped = clean_totals.dropped.clone();
-        outputs
-            .stats
-            .phase_seconds
-            .insert("load".into(), (load_seconds * 1000.0).round() / 1000.0);
-        let write_started = Instant::now();
-        let stats_of = |outputs: &PairOutputs| {
-            let mut stats = outputs.stats.clone();
-            stats.phase_seconds.insert(
-                "write".into(),
-                (write_started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
-            );
-            stats.build_seconds = started.elapsed().as_secs_f64();
-            stats
-        };
+        // build_pairs timed its own phases; the clock goes on from here with the writing.
+        clock.restart();
         let outputs = std::sync::Arc::new(outputs);
         write_outputs(
             store,
@@ -278,7 +270,7 @@ impl Stage for PairStage {
             corpus.clone(),
             outputs.clone(),
             &self.settings,
-            stats_of,
+            (clock, started),
         )
         .await?;
 
