@@ -64,6 +64,7 @@ fn ctx(store: &Arc<dyn ObjectStore>, redelivered: bool) -> TaskContext {
         store: store.clone(),
         attempt: 1,
         redelivered,
+        shutdown: Default::default(),
     }
 }
 

@@ -10,13 +10,16 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
 use medembed_fetcher::eutils::parse_date;
-use medembed_pipeline::config::{QueueBackend, Settings};
+use medembed_model::hub::Hub;
+use medembed_pipeline::config::{QueueBackend, Settings, TrainDevice};
 use medembed_pipeline::messages::{
     self, ArticleSource, Database, FetchTask, JobId, JobSpec, MESSAGE_VERSION, TaskMessage,
 };
 use medembed_pipeline::status::{StageState, StageStatus, now_rfc3339};
 use medembed_pipeline::store::{ObjectStore, StoreError};
 use medembed_pipeline::{keys, queue, store};
+use medembed_trainer::standalone::{ProgressLines, StandaloneJob};
+use tokio_util::sync::CancellationToken;
 
 /// The stages in pipeline order, as they report in `jobs/{job}/status/`.
 const STAGES: &[&str] = &["fetch", "clean", "pairs", "train", "index"];
@@ -78,6 +81,47 @@ enum Command {
     Status {
         /// The job id printed by `submit`.
         job: Option<String>,
+    },
+    /// Fine-tune a sentence encoder on pair files, without queue or store (the original
+    /// project's contrastive_trainer.py). Writes a sentence-transformers model folder with a model
+    /// card, metrics.json (base vs fine-tuned), training_log.parquet and charts. Interrupted (or
+    /// Ctrl-C), run the same command again to resume from the last checkpoint. Settings not given
+    /// here come from [train] in the config (configs/default.toml documents each).
+    Train {
+        /// Training pairs: the pair-builder's train.parquet, or CSV with text1,text2,label.
+        #[arg(long, value_name = "FILE")]
+        train: PathBuf,
+        /// Validation pairs (same formats): evaluated before, during and after training; the best
+        /// checkpoint by val nDCG@10 is the one written.
+        #[arg(long, value_name = "FILE")]
+        val: PathBuf,
+        /// Test pairs, evaluated once at the end for the base and the fine-tuned model.
+        #[arg(long, value_name = "FILE")]
+        test: Option<PathBuf>,
+        /// Base model: a Hugging Face hub id (HF_ENDPOINT, HF_HOME, HF_TOKEN honoured), a local
+        /// model folder, or s3://bucket/prefix. Default: train.base_model (BiomedBERT).
+        #[arg(long, value_name = "ID|PATH")]
+        base_model: Option<String>,
+        /// Output folder (created); must not hold a finished model already.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// mnrl (default), cached_mnrl, cosine or contrastive.
+        #[arg(long)]
+        loss: Option<String>,
+        #[arg(long)]
+        epochs: Option<usize>,
+        #[arg(long)]
+        batch_size: Option<usize>,
+        /// Tokens per text (longer texts are cut).
+        #[arg(long)]
+        max_seq_len: Option<usize>,
+        #[arg(long)]
+        learning_rate: Option<f64>,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// auto (CUDA if present), cpu or cuda.
+        #[arg(long)]
+        device: Option<String>,
     },
 }
 
@@ -150,6 +194,79 @@ async fn main() -> anyhow::Result<()> {
             let job: JobId = job.parse().context("not a job id")?;
             let store = store::open(&settings.store).await?;
             print!("{}", status_report(store.as_ref(), job).await?);
+        }
+        Command::Train {
+            train,
+            val,
+            test,
+            base_model,
+            out,
+            loss,
+            epochs,
+            batch_size,
+            max_seq_len,
+            learning_rate,
+            seed,
+            device,
+        } => {
+            let mut s = settings.train.clone();
+            if let Some(m) = base_model {
+                s.base_model = m;
+            }
+            if let Some(l) = loss {
+                s.loss = l.parse().map_err(anyhow::Error::msg).context("--loss")?;
+            }
+            if let Some(d) = device {
+                s.device = match d.as_str() {
+                    "auto" => TrainDevice::Auto,
+                    "cpu" => TrainDevice::Cpu,
+                    "cuda" => TrainDevice::Cuda,
+                    other => bail!("--device {other:?}: use auto, cpu or cuda"),
+                };
+            }
+            s.epochs = epochs.unwrap_or(s.epochs);
+            s.batch_size = batch_size.unwrap_or(s.batch_size);
+            s.mini_batch_size = s.mini_batch_size.min(s.batch_size);
+            s.max_seq_length = max_seq_len.unwrap_or(s.max_seq_length);
+            s.learning_rate = learning_rate.unwrap_or(s.learning_rate);
+            s.seed = seed.unwrap_or(s.seed);
+            let job = StandaloneJob {
+                train,
+                val,
+                test,
+                out: out.clone(),
+                settings: s,
+            };
+            let stop = CancellationToken::new();
+            let on_ctrl_c = stop.clone();
+            tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    eprintln!(
+                        "train: stopping at the next step (checkpointing); run the same command to resume"
+                    );
+                    on_ctrl_c.cancel();
+                }
+            });
+            let metrics = medembed_trainer::standalone::run(
+                job,
+                &Hub::from_env(),
+                &settings.store,
+                stop,
+                ProgressLines::default(),
+            )
+            .await?;
+            println!(
+                "model written to {}
+  val  nDCG@10 {:.4} -> {:.4}   test nDCG@10 {:.4} -> {:.4}   ({} steps in {:.0} s, best step {})",
+                out.display(),
+                metrics.baseline.val.ndcg_at_10,
+                metrics.fine_tuned.val.ndcg_at_10,
+                metrics.baseline.test.ndcg_at_10,
+                metrics.fine_tuned.test.ndcg_at_10,
+                metrics.optimizer_steps,
+                metrics.train_seconds,
+                metrics.best_step
+            );
         }
         Command::Status { job: None } => {
             let store = store::open(&settings.store).await?;

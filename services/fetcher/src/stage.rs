@@ -18,7 +18,7 @@ use medembed_pipeline::messages::{
 };
 use medembed_pipeline::runner::{Outgoing, Stage, StageError, TaskContext};
 use medembed_pipeline::status::StageStatus;
-use medembed_pipeline::store::{ObjectStore, S3Store, StoreError};
+use medembed_pipeline::store::{ObjectStore, StoreError};
 use medembed_pipeline::{keys, table};
 use prometheus::{IntCounterVec, Opts, Registry};
 
@@ -457,12 +457,9 @@ impl FetchStage {
         let limits = self.limits();
         let producer: tokio::task::JoinHandle<Result<(), StageError>> =
             if let Some(rest) = path.strip_prefix("s3://") {
-                let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-                let (bucket, prefix) = (bucket.to_string(), prefix.to_string());
-                let mut settings = self.store_settings.clone();
-                settings.bucket = bucket.clone();
-                settings.prefix = String::new();
-                let source = S3Store::new(&settings).await?;
+                let bucket = rest.split_once('/').map_or(rest, |(b, _)| b).to_string();
+                let (source, prefix) =
+                    medembed_pipeline::store::open_s3_url(&self.store_settings, path).await?;
                 let files: Vec<String> = source
                     .list(&prefix)
                     .await?

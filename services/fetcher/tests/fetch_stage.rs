@@ -244,6 +244,7 @@ async fn a_thousand_articles_within_the_rate_limit_cause_no_429() {
         store: store.clone(),
         attempt: 1,
         redelivered: false,
+        shutdown: Default::default(),
     };
     let outputs = stage
         .process(FetchTask { job_id: job }, &ctx)
@@ -302,6 +303,7 @@ async fn random_429s_and_500s_are_retried_and_the_job_completes() {
         store: store.clone(),
         attempt: 1,
         redelivered: false,
+        shutdown: Default::default(),
     };
     stage
         .process(FetchTask { job_id: job }, &ctx)
@@ -333,6 +335,7 @@ async fn a_killed_fetch_resumes_without_refetching_written_parts() {
         store: store.clone(),
         attempt: 1,
         redelivered: false,
+        shutdown: Default::default(),
     };
 
     // First run, killed once two parts are written.
@@ -420,6 +423,7 @@ async fn a_missing_job_is_a_permanent_error_naming_it() {
                 store,
                 attempt: 1,
                 redelivered: false,
+                shutdown: Default::default(),
             },
         )
         .await
@@ -496,6 +500,7 @@ async fn bulk_files_xml_gz_and_tarball_become_raw_parts() {
                 store: store.clone(),
                 attempt: 1,
                 redelivered: false,
+                shutdown: Default::default(),
             },
         )
         .await
@@ -539,6 +544,7 @@ async fn bulk_files_xml_gz_and_tarball_become_raw_parts() {
                 store,
                 attempt: 1,
                 redelivered: false,
+                shutdown: Default::default(),
             },
         )
         .await
@@ -583,6 +589,7 @@ async fn an_empty_result_finishes_the_job_with_the_warning_in_its_status() {
                 store: store.clone(),
                 attempt: 1,
                 redelivered: false,
+                shutdown: Default::default(),
             },
         )
         .await
@@ -640,6 +647,7 @@ async fn articles_without_text_are_skipped_and_counted() {
                 store: store.clone(),
                 attempt: 1,
                 redelivered: false,
+                shutdown: Default::default(),
             },
         )
         .await
@@ -770,6 +778,7 @@ async fn bulk_files_from_an_s3_prefix() {
                 store: store.clone(),
                 attempt: 1,
                 redelivered: false,
+                shutdown: Default::default(),
             },
         )
         .await

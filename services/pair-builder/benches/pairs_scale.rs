@@ -79,6 +79,7 @@ async fn child(n: usize) {
         store: store.clone(),
         attempt: 1,
         redelivered: false,
+        shutdown: Default::default(),
     };
     let start = Instant::now();
     let out = stage

@@ -31,6 +31,7 @@ fn ctx(store: &Arc<dyn ObjectStore>) -> TaskContext {
         store: store.clone(),
         attempt: 1,
         redelivered: false,
+        shutdown: Default::default(),
     }
 }
 

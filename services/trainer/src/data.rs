@@ -5,7 +5,13 @@
 
 use std::path::Path;
 
-use medembed_corpus::pairs::{pair_schema, pairs_from_batches};
+use std::collections::HashMap;
+
+use medembed_corpus::pairs::{
+    EvalDocument, EvalQuery, eval_document_schema, eval_query_schema, pair_schema,
+    pairs_from_batches,
+};
+use medembed_corpus::rows::rows_from_batches;
 
 /// One labelled pair of texts.
 #[derive(Debug, Clone, PartialEq)]
@@ -14,6 +20,9 @@ pub struct LabelledPair {
     pub text_b: String,
     /// 1 = related, 0 = unrelated.
     pub label: f32,
+    /// How the pair was made (`citation`, `mesh`, `keyword`, `random`, `hard`; `csv` for the
+    /// seed format, which does not say).
+    pub source: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +55,7 @@ pub fn read_pairs(path: &Path) -> Result<Vec<LabelledPair>, DataError> {
                 text_a: p.text_a,
                 text_b: p.text_b,
                 label: p.label,
+                source: p.source,
             })
             .collect());
     }
@@ -93,9 +103,102 @@ pub fn read_pairs(path: &Path) -> Result<Vec<LabelledPair>, DataError> {
             text_a: field(a).to_string(),
             text_b: field(b).to_string(),
             label,
+            source: "csv".into(),
         });
     }
     Ok(out)
+}
+
+/// Distinct texts, numbered in order of first appearance.
+#[derive(Debug, Default)]
+pub(crate) struct TextTable<'a> {
+    index: HashMap<&'a str, usize>,
+    pub texts: Vec<&'a str>,
+}
+
+impl<'a> TextTable<'a> {
+    /// The number of `text`, new or known.
+    pub fn id(&mut self, text: &'a str) -> usize {
+        *self.index.entry(text).or_insert_with(|| {
+            self.texts.push(text);
+            self.texts.len() - 1
+        })
+    }
+}
+
+/// A retrieval evaluation set: queries, each with the ids of its relevant documents, and the
+/// corpus they are ranked in (a query's own document, `query_id`, is left out of its ranking).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RetrievalSet {
+    pub queries: Vec<EvalQuery>,
+    pub corpus: Vec<EvalDocument>,
+}
+
+impl RetrievalSet {
+    /// The pair-builder's `eval_{split}.parquet` and `eval_{split}_corpus.parquet`.
+    pub fn read(queries: &Path, corpus: &Path) -> Result<Self, DataError> {
+        fn rows<T: serde::de::DeserializeOwned>(
+            path: &Path,
+            schema: &arrow::datatypes::Schema,
+        ) -> Result<Vec<T>, DataError> {
+            let name = path.display().to_string();
+            let error = |message: String| DataError::File {
+                path: name.clone(),
+                message,
+            };
+            let bytes = std::fs::read(path).map_err(|e| error(e.to_string()))?;
+            let batches = medembed_pipeline::table::decode(&name, bytes.into(), schema)
+                .map_err(|e| error(e.to_string()))?;
+            rows_from_batches(&name, &batches).map_err(|e| error(e.to_string()))
+        }
+        Ok(Self {
+            queries: rows(queries, &eval_query_schema())?,
+            corpus: rows(corpus, &eval_document_schema())?,
+        })
+    }
+
+    /// A set made from labelled pairs (the seed CSV has no eval files): every text of the pairs
+    /// is a document, and each anchor of a positive pair is a query whose relevant documents are
+    /// its positive partners.
+    pub fn from_pairs(pairs: &[LabelledPair]) -> Self {
+        let mut table = TextTable::default();
+        let mut id_of = |text| format!("doc-{}", table.id(text));
+        let mut relevant: Vec<(String, String, Vec<String>)> = Vec::new();
+        let mut query_index: HashMap<String, usize> = HashMap::new();
+        for pair in pairs {
+            let (a, b) = (id_of(&pair.text_a), id_of(&pair.text_b));
+            if pair.label < 0.5 || a == b {
+                continue;
+            }
+            let i = *query_index.entry(a.clone()).or_insert_with(|| {
+                relevant.push((a.clone(), pair.text_a.clone(), Vec::new()));
+                relevant.len() - 1
+            });
+            if !relevant[i].2.contains(&b) {
+                relevant[i].2.push(b);
+            }
+        }
+        let corpus = table
+            .texts
+            .iter()
+            .enumerate()
+            .map(|(i, text)| EvalDocument {
+                id: format!("doc-{i}"),
+                text: text.to_string(),
+            })
+            .collect();
+        Self {
+            queries: relevant
+                .into_iter()
+                .map(|(query_id, query, relevant_ids)| EvalQuery {
+                    query_id,
+                    query,
+                    relevant_ids,
+                })
+                .collect(),
+            corpus,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -137,6 +240,28 @@ mod tests {
     }
 
     #[test]
+    fn a_retrieval_set_from_pairs_has_each_anchor_as_a_query() {
+        let pair = |a: &str, b: &str, label: f32| LabelledPair {
+            text_a: a.into(),
+            text_b: b.into(),
+            label,
+            source: "csv".into(),
+        };
+        let set = RetrievalSet::from_pairs(&[
+            pair("x", "y", 1.0),
+            pair("x", "z", 1.0),
+            pair("x", "w", 0.0),
+            pair("y", "z", 1.0),
+        ]);
+        assert_eq!(set.corpus.len(), 4, "x y z w, each once");
+        assert_eq!(set.queries.len(), 2);
+        let id = |t: &str| set.corpus.iter().find(|d| d.text == t).expect(t).id.clone();
+        assert_eq!(set.queries[0].query_id, id("x"));
+        assert_eq!(set.queries[0].relevant_ids, vec![id("y"), id("z")]);
+        assert_eq!(set.queries[1].relevant_ids, vec![id("z")]);
+    }
+
+    #[test]
     fn pair_builder_parquet_reads() {
         use medembed_corpus::pairs::{Pair, pairs_to_batch};
         let rows = vec![Pair {
@@ -159,7 +284,8 @@ mod tests {
             vec![LabelledPair {
                 text_a: "A".into(),
                 text_b: "B".into(),
-                label: 1.0
+                label: 1.0,
+                source: "mesh".into(),
             }]
         );
         std::fs::write(&file, b"garbage").expect("write");

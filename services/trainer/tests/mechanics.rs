@@ -98,26 +98,76 @@ fn cosine_and_contrastive_training_lower_the_loss() {
 }
 
 #[test]
-fn weight_decay_spares_biases_and_layer_norms() {
+fn adamw_matches_libtorch_and_spares_biases_and_layer_norms() {
     use medembed_model::bert::{DECAY_GROUP, NO_DECAY_GROUP};
+    use medembed_trainer::adamw::AdamW;
     let tmp = tempfile::tempdir().expect("tempdir");
-    let encoder = tiny_encoder(tmp.path());
-    let before: Vec<(String, Tensor)> = encoder
+    // Two copies of the same model folder: one stepped by libtorch's AdamW, one by ours. (Loaded
+    // from one folder: writing random weights twice draws from libtorch's global generator,
+    // which the other tests of this binary draw from too.)
+    let theirs = tiny_encoder(&tmp.path().join("a"));
+    let ours = SentenceEncoder::load(&tmp.path().join("a"), Device::Cpu).expect("loads");
+    let mut reference = nn::AdamW::default()
+        .build(&theirs.vs, 1e-2)
+        .expect("optimizer");
+    reference.set_weight_decay_group(DECAY_GROUP, 0.1);
+    reference.set_weight_decay_group(NO_DECAY_GROUP, 0.0);
+    let mut optimizer = AdamW::new(&ours.vs, 0.1);
+    let pairs = seed_pairs();
+    let a: Vec<&str> = pairs.iter().map(|p| p.0.as_str()).collect();
+    let b: Vec<&str> = pairs.iter().map(|p| p.1.as_str()).collect();
+    let (ids_a, ids_b) = (
+        ours.tokenize(&a).expect("ids"),
+        ours.tokenize(&b).expect("ids"),
+    );
+    let batch_a: Vec<&[i64]> = ids_a.iter().map(Vec::as_slice).collect();
+    let batch_b: Vec<&[i64]> = ids_b.iter().map(Vec::as_slice).collect();
+    for _ in 0..3 {
+        // Eval mode (no dropout), so both see the same gradients.
+        let loss = |e: &SentenceEncoder| {
+            mnrl(
+                &e.forward(&batch_a, false),
+                &e.forward(&batch_b, false),
+                None,
+                20.0,
+                false,
+            )
+        };
+        reference.backward_step(&loss(&theirs));
+        optimizer.zero_grad();
+        loss(&ours).backward();
+        optimizer.step(1e-2);
+    }
+    let expected = theirs.vs.variables();
+    for (name, tensor) in ours.vs.variables() {
+        // The attention key bias shifts every score of a query alike, which softmax cancels: its
+        // true gradient is 0, and Adam scales the float noise it gets up to full steps.
+        if name.ends_with("key.bias") {
+            continue;
+        }
+        let diff = (&tensor - &expected[&name]).abs().max().double_value(&[]);
+        assert!(
+            diff < 1e-5,
+            "{name} differs from libtorch's AdamW by {diff:e}"
+        );
+    }
+
+    // A loss with zero gradient everywhere: only weight decay moves anything.
+    let fresh = tiny_encoder(&tmp.path().join("c"));
+    let before: Vec<(String, Tensor)> = fresh
         .vs
         .variables()
         .into_iter()
         .map(|(n, t)| (n, t.copy()))
         .collect();
-    let mut optimizer = nn::AdamW::default()
-        .build(&encoder.vs, 0.1)
-        .expect("optimizer");
-    optimizer.set_weight_decay_group(DECAY_GROUP, 0.5);
-    optimizer.set_weight_decay_group(NO_DECAY_GROUP, 0.0);
-    // A loss with zero gradient everywhere: only weight decay moves anything.
-    let ids = encoder.tokenize(&["tumour"]).expect("tokenize");
-    let zero = (encoder.forward(&[ids[0].as_slice()], false) * 0.0).sum(tch::Kind::Float);
-    optimizer.backward_step(&zero);
-    let after = encoder.vs.variables();
+    let mut optimizer = AdamW::new(&fresh.vs, 0.5);
+    let ids = fresh.tokenize(&["tumour"]).expect("tokenize");
+    optimizer.zero_grad();
+    (fresh.forward(&[ids[0].as_slice()], false) * 0.0)
+        .sum(tch::Kind::Float)
+        .backward();
+    optimizer.step(0.1);
+    let after = fresh.vs.variables();
     let (mut decayed, mut spared) = (0, 0);
     for (name, old) in &before {
         let new = &after[name];
@@ -126,7 +176,7 @@ fn weight_decay_spares_biases_and_layer_norms() {
             assert!(new.equal(old), "{name} must not decay");
             spared += 1;
         } else {
-            // Decoupled decay: w ← w · (1 − lr · wd) = 0.95 w.
+            // Decoupled decay: w <- w * (1 - lr * wd) = 0.95 w.
             let expected = old * 0.95;
             assert!(new.allclose(&expected, 1e-5, 1e-7, false), "{name} decays");
             decayed += 1;
@@ -135,5 +185,17 @@ fn weight_decay_spares_biases_and_layer_norms() {
     assert!(
         decayed > 10 && spared > 10,
         "{decayed} decayed, {spared} spared"
+    );
+
+    // The moments survive a save and load.
+    let state = optimizer.state();
+    let mut restored = AdamW::new(&fresh.vs, 0.5);
+    restored
+        .load_state(&state, optimizer.steps)
+        .expect("state loads");
+    assert_eq!(restored.steps, 1);
+    assert!(
+        restored.load_state(&state[1..], 1).is_err(),
+        "a missing moment is refused"
     );
 }

@@ -3,6 +3,11 @@
 //! sentence embeddings pool the last hidden states. Parameter names are Hugging Face's, so a
 //! checkpoint loads by name with or without the `bert.` prefix.
 //!
+//! Mixed precision ([`Bert::set_compute_kind`] with `Kind::BFloat16`, for CUDA) does what torch's
+//! autocast does for these ops: weights stay fp32 (the optimizer's master copy), dense layers and
+//! attention compute in bf16, embeddings, residual sums and LayerNorm in fp32. tch's `autocast`
+//! cannot pick bf16 (it uses fp16, which needs loss scaling), so the casts are explicit here.
+//!
 //! Parameters sit in two optimizer groups, as fine-tuning BERT wants them: [`DECAY_GROUP`] (weight
 //! matrices and embeddings) and [`NO_DECAY_GROUP`] (biases and LayerNorm), so AdamW's weight decay
 //! can be set per group (`set_weight_decay_group`).
@@ -49,9 +54,15 @@ impl Linear {
     }
 }
 
-impl Module for Linear {
-    fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, Some(&self.bias))
+impl Linear {
+    /// `x·Wᵀ + b`, computed in `kind` (the output is `kind` too).
+    fn forward_as(&self, x: &Tensor, kind: Kind) -> Tensor {
+        if kind == Kind::Float {
+            x.linear(&self.weight, Some(&self.bias))
+        } else {
+            x.to_kind(kind)
+                .linear(&self.weight.to_kind(kind), Some(&self.bias.to_kind(kind)))
+        }
     }
 }
 
@@ -76,6 +87,8 @@ pub struct Bert {
     layers: Vec<Layer>,
     heads: i64,
     gelu_approximate: &'static str,
+    /// Kind of the dense and attention math: `Float`, or `BFloat16` for mixed precision.
+    compute: Kind,
 }
 
 impl Bert {
@@ -151,7 +164,18 @@ impl Bert {
             layers,
             heads: config.num_attention_heads,
             gelu_approximate,
+            compute: Kind::Float,
         })
+    }
+
+    /// Computes dense layers and attention in `kind` (`Float` or `BFloat16`); weights and
+    /// LayerNorm stay fp32.
+    pub fn set_compute_kind(&mut self, kind: Kind) {
+        self.compute = kind;
+    }
+
+    pub fn compute_kind(&self) -> Kind {
+        self.compute
     }
 
     /// Last hidden states `[batch, seq, hidden]` of `input_ids` `[batch, seq]`; `mask` `[batch,
@@ -171,9 +195,10 @@ impl Bert {
         let head_dim = hidden / self.heads;
         for layer in &self.layers {
             let split = |t: Tensor| t.view([batch, seq, self.heads, head_dim]).transpose(1, 2);
-            let q = split(x.apply(&layer.query));
-            let k = split(x.apply(&layer.key));
-            let v = split(x.apply(&layer.value));
+            let kind = self.compute;
+            let q = split(layer.query.forward_as(&x, kind));
+            let k = split(layer.key.forward_as(&x, kind));
+            let v = split(layer.value.forward_as(&x, kind));
             let dropout = if train { 0.1 } else { 0.0 };
             let context = Tensor::scaled_dot_product_attention(
                 &q,
@@ -188,12 +213,18 @@ impl Bert {
             .transpose(1, 2)
             .contiguous()
             .view([batch, seq, hidden]);
-            let attended = (context.apply(&layer.attention_out).dropout(0.1, train) + &x)
+            // Residual sums promote to fp32, so LayerNorm always sees fp32.
+            let attended = (layer
+                .attention_out
+                .forward_as(&context, kind)
+                .dropout(0.1, train)
+                + &x)
                 .apply(&layer.attention_norm);
-            let inner = attended
-                .apply(&layer.intermediate)
+            let inner = layer
+                .intermediate
+                .forward_as(&attended, kind)
                 .gelu(self.gelu_approximate);
-            x = (inner.apply(&layer.output).dropout(0.1, train) + &attended)
+            x = (layer.output.forward_as(&inner, kind).dropout(0.1, train) + &attended)
                 .apply(&layer.output_norm);
         }
         x

@@ -2,6 +2,10 @@
 //! and cut into batches by a token budget, so a batch pads its texts only up to its own longest
 //! (short texts never wait on a long one); each batch is encoded, pooled (mean over real tokens,
 //! or [CLS]) and L2-normalized when the model says so; results come back in input order.
+//!
+//! On CPU everything is fp32. On CUDA the encoder computes in bf16 (see [`crate::bert`]); TF32 for
+//! the remaining fp32 matmuls is switched on by `TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1` in the
+//! environment (the GPU images set it: libtorch reads it once, before any Rust code could run).
 
 use std::path::Path;
 
@@ -28,8 +32,11 @@ impl SentenceEncoder {
         let folder = ModelFolder::open(dir)?;
         let tokenizer = TextTokenizer::from_folder(dir, folder.max_seq_length)?;
         let mut vs = nn::VarStore::new(device);
-        let bert = Bert::new(&vs.root(), &folder.config)?;
+        let mut bert = Bert::new(&vs.root(), &folder.config)?;
         load_weights(&mut vs, dir)?;
+        if device.is_cuda() {
+            bert.set_compute_kind(Kind::BFloat16);
+        }
         Ok(Self {
             folder,
             tokenizer,
@@ -37,6 +44,14 @@ impl SentenceEncoder {
             bert,
             token_budget: 16_384,
         })
+    }
+
+    /// Cuts texts at `tokens` (the model's own limit still applies).
+    pub fn set_max_seq_length(&mut self, tokens: usize) -> Result<()> {
+        let tokens = tokens.min(self.folder.config.max_position_embeddings as usize);
+        self.tokenizer = TextTokenizer::from_folder(&self.folder.dir, tokens)?;
+        self.folder.max_seq_length = tokens;
+        Ok(())
     }
 
     pub fn dimension(&self) -> usize {
@@ -118,15 +133,32 @@ impl SentenceEncoder {
     }
 }
 
-/// Copies the folder's weights into `vs` by name (`bert.` prefix or not; pooler and buffers such
-/// as `position_ids` are not parameters here). Every parameter must be found, with its shape.
-fn load_weights(vs: &mut nn::VarStore, dir: &Path) -> Result<()> {
-    let path = dir.join("model.safetensors");
-    let tensors = Tensor::read_safetensors(&path)?;
-    let mut by_name: std::collections::HashMap<String, Tensor> = tensors
+/// The tensors of a model folder's weights file: `model.safetensors`, or else the pickled
+/// `pytorch_model.bin` older checkpoints ship; names without the `bert.` prefix.
+pub fn read_weights(dir: &Path) -> Result<(std::path::PathBuf, Vec<(String, Tensor)>)> {
+    let safetensors = dir.join("model.safetensors");
+    let pickle = dir.join("pytorch_model.bin");
+    let (path, tensors) = if safetensors.exists() || !pickle.exists() {
+        let tensors = Tensor::read_safetensors(&safetensors)
+            .map_err(|e| ModelError::Weights(format!("{}: {e}", safetensors.display())))?;
+        (safetensors, tensors)
+    } else {
+        let tensors = Tensor::loadz_multi_with_device(&pickle, Device::Cpu)
+            .map_err(|e| ModelError::Weights(format!("{}: {e}", pickle.display())))?;
+        (pickle, tensors)
+    };
+    let tensors = tensors
         .into_iter()
         .map(|(name, t)| (name.strip_prefix("bert.").unwrap_or(&name).to_string(), t))
         .collect();
+    Ok((path, tensors))
+}
+
+/// Copies the folder's weights into `vs` by name (`bert.` prefix or not; pooler and buffers such
+/// as `position_ids` are not parameters here). Every parameter must be found, with its shape.
+fn load_weights(vs: &mut nn::VarStore, dir: &Path) -> Result<()> {
+    let (path, tensors) = read_weights(dir)?;
+    let mut by_name: std::collections::HashMap<String, Tensor> = tensors.into_iter().collect();
     let _guard = tch::no_grad_guard();
     for (name, mut var) in vs.variables() {
         let source = by_name.remove(&name).ok_or_else(|| {

@@ -18,7 +18,7 @@ use crate::{ModelError, Result};
 /// Files of a model folder, and whether a model needs them.
 const FILES: &[(&str, bool)] = &[
     ("config.json", true),
-    ("model.safetensors", true),
+    ("model.safetensors", false),
     ("tokenizer.json", false),
     ("vocab.txt", false),
     ("tokenizer_config.json", false),
@@ -66,6 +66,11 @@ impl Hub {
         }
     }
 
+    /// Where fetched models are kept (`$HF_HOME/medembed`).
+    pub fn cache_dir(&self) -> &Path {
+        &self.cache
+    }
+
     /// A model folder for `spec`: an existing directory as it is, otherwise a hub id fetched
     /// into the cache (revision `main`, or `id@revision`).
     pub async fn resolve(&self, spec: &str) -> Result<PathBuf> {
@@ -96,9 +101,19 @@ impl Hub {
             let found = self.fetch_file(repo, revision, file, &dir).await?;
             if required && !found {
                 return Err(ModelError::Hub(format!(
-                    "{repo}@{revision}: the hub has no {file} (only safetensors weights are supported)"
+                    "{repo}@{revision}: the hub has no {file}"
                 )));
             }
+        }
+        // Older checkpoints (BiomedBERT among them) may ship only the pickled weights.
+        if !dir.join("model.safetensors").exists()
+            && !self
+                .fetch_file(repo, revision, "pytorch_model.bin", &dir)
+                .await?
+        {
+            return Err(ModelError::Hub(format!(
+                "{repo}@{revision}: the hub has neither model.safetensors nor pytorch_model.bin"
+            )));
         }
         if !dir.join("tokenizer.json").exists() && !dir.join("vocab.txt").exists() {
             return Err(ModelError::Hub(format!(

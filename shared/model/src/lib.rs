@@ -5,6 +5,7 @@
 
 pub mod bert;
 pub mod encoder;
+pub mod export;
 pub mod folder;
 pub mod hub;
 pub mod testing;

@@ -9,14 +9,27 @@ use crate::Result;
 use crate::bert::Bert;
 use crate::folder::BertConfig;
 
-/// Writes a random `hidden`-wide, `layers`-deep BERT to `dir`, with the tokenizer files of the
-/// model folder `tokenizer_from` (its vocabulary size is kept), mean pooling, normalization and
-/// `max_seq_length` 128. Same `seed`, same weights.
+/// Writes a random `hidden`-wide, `layers`-deep BERT (2 heads) to `dir`, with the tokenizer files
+/// of the model folder `tokenizer_from` (its vocabulary size is kept), mean pooling, normalization
+/// and `max_seq_length` 128. Same `seed`, same weights.
 pub fn write_tiny_random_model(
     dir: &Path,
     tokenizer_from: &Path,
     hidden: i64,
     layers: i64,
+    seed: i64,
+) -> Result<()> {
+    write_random_model(dir, tokenizer_from, hidden, layers, 2, seed)
+}
+
+/// As [`write_tiny_random_model`], any shape: `write_random_model(dir, minilm, 768, 12, 12, s)`
+/// is BERT-base-shaped (for benchmarks).
+pub fn write_random_model(
+    dir: &Path,
+    tokenizer_from: &Path,
+    hidden: i64,
+    layers: i64,
+    heads: i64,
     seed: i64,
 ) -> Result<()> {
     let io = |path: &Path| {
@@ -29,7 +42,7 @@ pub fn write_tiny_random_model(
         vocab_size: source.config.vocab_size,
         hidden_size: hidden,
         num_hidden_layers: layers,
-        num_attention_heads: 2,
+        num_attention_heads: heads,
         intermediate_size: hidden * 4,
         hidden_act: "gelu".into(),
         max_position_embeddings: 512,

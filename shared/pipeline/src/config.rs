@@ -83,6 +83,7 @@ pub struct Settings {
     pub fetch: FetchSettings,
     pub clean: CleanSettings,
     pub pairs: PairSettings,
+    pub train: TrainSettings,
     pub runner: RunnerSettings,
     pub server: ServerSettings,
     pub log: LogSettings,
@@ -212,6 +213,87 @@ pub struct PairSettings {
     pub write_csv: bool,
 }
 
+/// The training objective (`train.loss`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainLoss {
+    /// Multiple-negatives ranking: in-batch negatives (and hard negatives if the pairs have them).
+    Mnrl,
+    /// MNRL with GradCache: the batch is embedded in mini-batches, so a large batch fits in memory.
+    CachedMnrl,
+    /// MSE between cosine and the 0/1 label (the original project's loss).
+    Cosine,
+    /// Margin contrastive loss on labelled pairs.
+    Contrastive,
+}
+
+impl TrainLoss {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Mnrl => "mnrl",
+            Self::CachedMnrl => "cached_mnrl",
+            Self::Cosine => "cosine",
+            Self::Contrastive => "contrastive",
+        }
+    }
+
+    /// Losses that learn from positive pairs only (negatives come from the batch).
+    pub fn uses_in_batch_negatives(self) -> bool {
+        matches!(self, Self::Mnrl | Self::CachedMnrl)
+    }
+}
+
+impl std::str::FromStr for TrainLoss {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "mnrl" => Ok(Self::Mnrl),
+            "cached_mnrl" => Ok(Self::CachedMnrl),
+            "cosine" => Ok(Self::Cosine),
+            "contrastive" => Ok(Self::Contrastive),
+            other => Err(format!(
+                "unknown loss {other:?} (mnrl, cached_mnrl, cosine, contrastive)"
+            )),
+        }
+    }
+}
+
+/// Where training runs (`train.device`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainDevice {
+    /// CUDA if libtorch sees a GPU, else CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSettings {
+    pub base_model: String,
+    pub loss: TrainLoss,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub mini_batch_size: usize,
+    pub gradient_accumulation: usize,
+    pub learning_rate: f64,
+    pub weight_decay: f64,
+    pub warmup_ratio: f64,
+    pub warmup_steps: usize,
+    pub max_grad_norm: f64,
+    pub max_seq_length: usize,
+    pub seed: u64,
+    pub scale: f64,
+    pub symmetric: bool,
+    pub use_hard_negatives: bool,
+    pub margin: f64,
+    pub eval_every_steps: usize,
+    pub checkpoint_every_steps: usize,
+    pub device: TrainDevice,
+    pub lease_secs: u64,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RunnerSettings {
@@ -236,6 +318,61 @@ pub enum LogFormat {
 pub struct LogSettings {
     pub format: LogFormat,
     pub filter: String,
+}
+
+impl TrainSettings {
+    /// Checks the numbers a run cannot start with; the error names the setting.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |key: &'static str, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.to_string(),
+            })
+        };
+        if self.base_model.trim().is_empty() {
+            return invalid("train.base_model", "is empty");
+        }
+        if self.epochs == 0 || self.epochs > 1000 {
+            return invalid("train.epochs", "must be 1..=1000");
+        }
+        if self.batch_size < 2 || self.batch_size > 65_536 {
+            return invalid(
+                "train.batch_size",
+                "must be 2..=65536 (in-batch negatives need a second pair)",
+            );
+        }
+        if self.mini_batch_size == 0 || self.mini_batch_size > self.batch_size {
+            return invalid("train.mini_batch_size", "must be 1..=train.batch_size");
+        }
+        if self.gradient_accumulation == 0 || self.gradient_accumulation > 1024 {
+            return invalid("train.gradient_accumulation", "must be 1..=1024");
+        }
+        if self.learning_rate.is_nan() || self.learning_rate <= 0.0 || self.learning_rate >= 1.0 {
+            return invalid("train.learning_rate", "must be in (0, 1)");
+        }
+        if !(0.0..1.0).contains(&self.weight_decay) {
+            return invalid("train.weight_decay", "must be in [0, 1)");
+        }
+        if !(0.0..=1.0).contains(&self.warmup_ratio) {
+            return invalid("train.warmup_ratio", "must be in [0, 1]");
+        }
+        if self.max_grad_norm.is_nan() || self.max_grad_norm <= 0.0 {
+            return invalid("train.max_grad_norm", "must be above 0");
+        }
+        if !(8..=8192).contains(&self.max_seq_length) {
+            return invalid("train.max_seq_length", "must be 8..=8192");
+        }
+        if self.scale.is_nan() || self.scale <= 0.0 || self.scale > 1000.0 {
+            return invalid("train.scale", "must be in (0, 1000]");
+        }
+        if !(0.0..=2.0).contains(&self.margin) {
+            return invalid("train.margin", "must be in [0, 2] (cosine distance)");
+        }
+        if self.lease_secs < 10 {
+            return invalid("train.lease_secs", "must be at least 10");
+        }
+        Ok(())
+    }
 }
 
 impl Settings {
@@ -312,6 +449,7 @@ impl Settings {
                 "must be at least 1 and at most queue.retry_max_delay_ms",
             ));
         }
+        self.train.validate()?;
         if q.delivery_limit == 0 {
             return Err(invalid("queue.delivery_limit", "must be at least 1"));
         }

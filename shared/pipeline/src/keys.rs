@@ -43,6 +43,17 @@ pub fn pairs_file(job: JobId, name: &str) -> String {
     format!("jobs/{job}/pairs/{name}")
 }
 
+/// `jobs/{job}/model/`: the fine-tuned model, a sentence-transformers folder; `metrics.json` in it
+/// is written last.
+pub fn model_prefix(job: JobId) -> String {
+    format!("jobs/{job}/model/")
+}
+
+/// `jobs/{job}/train/{name}`: the trainer's working state (`lease.json`, `checkpoints/…`).
+pub fn train_file(job: JobId, name: &str) -> String {
+    format!("jobs/{job}/train/{name}")
+}
+
 /// Prefix of every object of a job.
 pub fn job_prefix(job: JobId) -> String {
     format!("jobs/{job}/")

@@ -25,6 +25,7 @@ pub mod outcome {
     pub const OK: &str = "ok";
     pub const RETRIED: &str = "retried";
     pub const DEAD_LETTERED: &str = "dead_lettered";
+    pub const DEFERRED: &str = "deferred";
 }
 
 /// The runner's metrics; one value per process, shared by every stage running in it.
@@ -81,7 +82,12 @@ impl RunnerMetrics {
     /// Makes the series of a stage visible at zero before its first task, so dashboards and
     /// alerts see the stage from the start.
     pub fn init_stage(&self, stage: &str) {
-        for o in [outcome::OK, outcome::RETRIED, outcome::DEAD_LETTERED] {
+        for o in [
+            outcome::OK,
+            outcome::RETRIED,
+            outcome::DEAD_LETTERED,
+            outcome::DEFERRED,
+        ] {
             self.tasks.with_label_values(&[stage, o]);
         }
         self.task_duration.with_label_values(&[stage]);

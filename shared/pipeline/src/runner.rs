@@ -42,6 +42,10 @@ pub enum StageError {
     /// Bad input or a bug: retrying gives the same result, so it is dead-lettered at once.
     #[error("{0}")]
     Permanent(String),
+    /// Not a failure: another worker owns the task's job right now (a trainer holding its lease).
+    /// Delivered again after the longest retry delay, as the same attempt.
+    #[error("deferred: {0}")]
+    Deferred(String),
 }
 
 impl StageError {
@@ -106,6 +110,9 @@ pub struct TaskContext {
     /// connection): its earlier run may have written outputs, and may or may not have published
     /// its follow-up tasks.
     pub redelivered: bool,
+    /// Cancelled when the worker is asked to stop: a long task (training) checkpoints and
+    /// returns [`StageError::Deferred`] instead of running past the drain timeout.
+    pub shutdown: CancellationToken,
 }
 
 /// One stage of the pipeline. Its queue is `Self::Task::QUEUE`.
@@ -144,6 +151,8 @@ struct Shared<S> {
     store: Arc<dyn ObjectStore>,
     metrics: RunnerMetrics,
     retry: RetryPolicy,
+    /// Cancelled with the worker's shutdown token (see [`TaskContext::shutdown`]).
+    stopping: CancellationToken,
 }
 
 /// How a worker is set up besides its stage.
@@ -186,6 +195,7 @@ impl<S: Stage> Worker<S> {
                 store,
                 metrics,
                 retry: options.retry,
+                stopping: CancellationToken::new(),
             }),
             concurrency: options.concurrency.max(1),
             drain_timeout: options.drain_timeout,
@@ -195,6 +205,12 @@ impl<S: Stage> Worker<S> {
     /// Consumes until `shutdown` is cancelled (or the queue closes), then drains.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), QueueError> {
         let name = S::Task::QUEUE;
+        let stopping = self.shared.stopping.clone();
+        let signal = shutdown.clone();
+        tokio::spawn(async move {
+            signal.cancelled().await;
+            stopping.cancel();
+        });
         let mut consumer = self.shared.queue.consume(name).await?;
         let permits = Arc::new(Semaphore::new(self.concurrency));
         let mut running = JoinSet::new();
@@ -280,6 +296,7 @@ impl<S: Stage> Shared<S> {
                 store: self.store.clone(),
                 attempt: delivery.attempt,
                 redelivered: delivery.redelivered,
+                shutdown: self.stopping.clone(),
             };
             let result = AssertUnwindSafe(self.stage.process(task, &ctx))
                 .catch_unwind()
@@ -294,7 +311,9 @@ impl<S: Stage> Shared<S> {
                 Ok(outputs) => self.publish_all(outputs).await,
                 Err(e) => Err(e),
             };
-            if let Err(e) = &result {
+            if let Err(e) = &result
+                && !matches!(e, StageError::Deferred(_))
+            {
                 let permanent = matches!(e, StageError::Permanent(_))
                     || !self.retry.allows_retry_after(delivery.attempt);
                 let message = format!("attempt {}: {e}", delivery.attempt);
@@ -333,6 +352,16 @@ impl<S: Stage> Shared<S> {
             Err(StageError::Permanent(reason)) => {
                 tracing::error!(error = %reason, "task failed permanently; dead-lettered");
                 (outcome::DEAD_LETTERED, delivery.dead_letter(&reason).await)
+            }
+            Err(StageError::Deferred(reason)) => {
+                let delay = self
+                    .retry
+                    .delays()
+                    .last()
+                    .copied()
+                    .unwrap_or(Duration::from_secs(1));
+                tracing::info!(reason = %reason, retry_in_ms = delay.as_millis() as u64, "task deferred");
+                (outcome::DEFERRED, delivery.defer(delay, &reason).await)
             }
         };
         if let Err(e) = settled {

@@ -183,6 +183,14 @@ impl Delivery {
             .await
     }
 
+    /// Deliver again after `delay`, as the same attempt: the task is not failing, it waits for
+    /// something (another worker that owns its job now).
+    pub async fn defer(self, delay: Duration, reason: &str) -> Result<()> {
+        self.settle
+            .retry(self.body, self.attempt, delay, reason)
+            .await
+    }
+
     /// Park in the dead-letter queue with `reason`.
     pub async fn dead_letter(self, reason: &str) -> Result<()> {
         self.settle

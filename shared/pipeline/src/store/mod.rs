@@ -102,6 +102,103 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// A store for an `s3://bucket/prefix` URL (a source outside the job store: bulk files, a base
+/// model), with the endpoint and credentials of `settings`; returns it and the prefix.
+pub async fn open_s3_url(settings: &StoreSettings, url: &str) -> Result<(S3Store, String)> {
+    let rest = url
+        .strip_prefix("s3://")
+        .ok_or_else(|| StoreError::InvalidKey {
+            key: url.to_string(),
+            reason: "not an s3://bucket/prefix URL",
+        })?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(StoreError::InvalidKey {
+            key: url.to_string(),
+            reason: "no bucket in the s3:// URL",
+        });
+    }
+    let mut settings = settings.clone();
+    settings.bucket = bucket.to_string();
+    settings.prefix = String::new();
+    Ok((S3Store::new(&settings).await?, prefix.to_string()))
+}
+
+/// Copies every object under `prefix` into `dir` (keys relative to the prefix become paths);
+/// returns how many files. Each file is written to a temporary name and renamed.
+pub async fn download_prefix(
+    store: &dyn ObjectStore,
+    prefix: &str,
+    dir: &std::path::Path,
+) -> Result<usize> {
+    let prefix = if prefix.is_empty() || prefix.ends_with('/') {
+        prefix.to_string()
+    } else {
+        format!("{prefix}/")
+    };
+    let io = |op: &'static str, path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| StoreError::Io { op, path, source }
+    };
+    let objects = store.list(&prefix).await?;
+    for object in &objects {
+        let relative = &object.key[prefix.len()..];
+        validate_key(relative)?;
+        let path = dir.join(relative);
+        let parent = path.parent().unwrap_or(dir);
+        std::fs::create_dir_all(parent).map_err(io("create", parent))?;
+        let data = store.get(&object.key).await?;
+        let partial = path.with_extension("partial");
+        std::fs::write(&partial, &data).map_err(io("write", &partial))?;
+        std::fs::rename(&partial, &path).map_err(io("rename", &path))?;
+    }
+    Ok(objects.len())
+}
+
+/// Uploads every file under `dir` to `prefix/{relative path}`, in sorted order, `last` (a file
+/// name relative to `dir`) after all others: readers that wait for `last` see a complete folder.
+pub async fn upload_dir(
+    store: &dyn ObjectStore,
+    dir: &std::path::Path,
+    prefix: &str,
+    last: Option<&str>,
+) -> Result<usize> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                walk(&path, out)?;
+            } else {
+                out.push(path);
+            }
+        }
+        Ok(())
+    }
+    let mut files = Vec::new();
+    walk(dir, &mut files).map_err(|source| StoreError::Io {
+        op: "list",
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let relative = |p: &std::path::Path| {
+        p.strip_prefix(dir)
+            .expect("walked under dir")
+            .to_string_lossy()
+            .replace('\\', "/")
+    };
+    files.sort_by_key(|p| (Some(relative(p).as_str()) == last, relative(p)));
+    for file in &files {
+        let data = std::fs::read(file).map_err(|source| StoreError::Io {
+            op: "read",
+            path: file.clone(),
+            source,
+        })?;
+        let key = format!("{}/{}", prefix.trim_end_matches('/'), relative(file));
+        store.put(&key, Bytes::from(data)).await?;
+    }
+    Ok(files.len())
+}
+
 /// Opens the store the settings describe.
 pub async fn open(settings: &StoreSettings) -> Result<Arc<dyn ObjectStore>> {
     Ok(match settings.backend {
