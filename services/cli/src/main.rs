@@ -226,7 +226,6 @@ async fn main() -> anyhow::Result<()> {
             }
             s.epochs = epochs.unwrap_or(s.epochs);
             s.batch_size = batch_size.unwrap_or(s.batch_size);
-            s.mini_batch_size = s.mini_batch_size.min(s.batch_size);
             s.max_seq_length = max_seq_len.unwrap_or(s.max_seq_length);
             s.learning_rate = learning_rate.unwrap_or(s.learning_rate);
             s.seed = seed.unwrap_or(s.seed);

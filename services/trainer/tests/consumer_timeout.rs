@@ -23,23 +23,29 @@ use medembed_trainer::data::read_pairs;
 use medembed_trainer::stage::TrainStage;
 use tokio_util::sync::CancellationToken;
 
-/// The broker's consumer_timeout, in ms (None: the default).
-fn set_consumer_timeout(ms: u64) {
-    let status = Command::new("rabbitmqctl")
-        .args([
-            "eval",
-            &format!("application:set_env(rabbit, consumer_timeout, {ms})."),
-        ])
-        .status()
-        .expect("rabbitmqctl runs");
-    assert!(status.success(), "rabbitmqctl eval failed");
+/// Sets the broker's `consumer_timeout` and how often a channel checks it
+/// (`channel_tick_interval`, 60 s by default), both in ms; channels opened afterwards use them.
+fn set_consumer_timeout(timeout_ms: u64, tick_ms: u64) {
+    for (key, value) in [
+        ("consumer_timeout", timeout_ms),
+        ("channel_tick_interval", tick_ms),
+    ] {
+        let status = Command::new("rabbitmqctl")
+            .args([
+                "eval",
+                &format!("application:set_env(rabbit, {key}, {value})."),
+            ])
+            .status()
+            .expect("rabbitmqctl runs");
+        assert!(status.success(), "rabbitmqctl eval failed");
+    }
 }
 
-/// Puts the broker's default (30 min) back, even when the test fails.
+/// Puts the broker's defaults (30 min, checked every 60 s) back, even when the test fails.
 struct RestoreTimeout;
 impl Drop for RestoreTimeout {
     fn drop(&mut self) {
-        set_consumer_timeout(1_800_000);
+        set_consumer_timeout(1_800_000, 60_000);
     }
 }
 
@@ -96,7 +102,7 @@ async fn training_longer_than_the_consumer_timeout_publishes_once() {
             .expect("pairs");
     }
 
-    set_consumer_timeout(2_000);
+    set_consumer_timeout(2_000, 500);
     let _restore = RestoreTimeout;
     let registry = prometheus::Registry::new();
     let stage = TrainStage::new(&settings, &registry).expect("stage");
@@ -118,16 +124,22 @@ async fn training_longer_than_the_consumer_timeout_publishes_once() {
     // The first run publishes the model and an index task; the task the broker took back comes
     // again, finds the model and queues the index task once more.
     let metrics_key = format!("{}metrics.json", keys::model_prefix(job));
-    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut deadline = Instant::now() + Duration::from_secs(300);
+    let mut seen_published = false;
     loop {
         let published = store.exists(&metrics_key).await.expect("head");
         let index = queue.depth("index").await.expect("depth");
         if published && index >= 2 && queue.depth("train").await.expect("depth") == 0 {
             break;
         }
+        if published && !seen_published {
+            // The redelivered task should follow within seconds of the model.
+            seen_published = true;
+            deadline = Instant::now() + Duration::from_secs(60);
+        }
         assert!(
             Instant::now() < deadline,
-            "timed out: model {published}, index tasks {index}"
+            "timed out: model published {published}, index tasks {index} (the broker never took the task back?)"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

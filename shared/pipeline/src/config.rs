@@ -341,8 +341,8 @@ impl TrainSettings {
                 "must be 2..=65536 (in-batch negatives need a second pair)",
             );
         }
-        if self.mini_batch_size == 0 || self.mini_batch_size > self.batch_size {
-            return invalid("train.mini_batch_size", "must be 1..=train.batch_size");
+        if self.mini_batch_size == 0 {
+            return invalid("train.mini_batch_size", "must be at least 1");
         }
         if self.gradient_accumulation == 0 || self.gradient_accumulation > 1024 {
             return invalid("train.gradient_accumulation", "must be 1..=1024");
