@@ -29,7 +29,7 @@ def main():
     model = SentenceTransformer(model_dir, device="cpu")
     model.max_seq_length = max_len
     loss_fn = losses.MultipleNegativesRankingLoss(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.01)
     model.train()
 
     def step(i):

@@ -214,7 +214,11 @@ impl Examples {
                 .iter()
                 .map(|e| (self.texts[e.a].as_str(), self.texts[e.b].as_str()))
                 .collect();
+            // A batch of one pair has no negative to learn from (its loss is 0): left out.
             no_duplicate_batches(&pairs, settings.batch_size, seed)
+                .into_iter()
+                .filter(|b| b.len() >= 2)
+                .collect()
         } else {
             let mut order: Vec<usize> = (0..self.items.len()).collect();
             order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
@@ -447,6 +451,10 @@ impl Run<'_> {
             "val" => (&self.inputs.val_set, &self.inputs.val),
             _ => (&self.inputs.test_set, &self.inputs.test),
         };
+        if set.queries.is_empty() && pairs.is_empty() {
+            // No such split (`medembed train` without --test): nothing to report.
+            return Ok(EvalReport::default());
+        }
         let report = evaluate(encoder, set, pairs)?;
         observer.evaluated(split, label, &report);
         Ok(report)
