@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
 use medembed_fetcher::eutils::parse_date;
+use medembed_model::SentenceEncoder;
 use medembed_model::hub::Hub;
 use medembed_pipeline::config::{QueueBackend, Settings, TrainDevice};
 use medembed_pipeline::messages::{
@@ -81,6 +82,14 @@ enum Command {
     Status {
         /// The job id printed by `submit`.
         job: Option<String>,
+    },
+    /// Embed text: one line of stdin in, one JSON array (the embedding) per line out, in order.
+    /// Uses the same encoder as the trainer and the index (length-sorted batches; normalized if
+    /// the model says so).
+    Embed {
+        /// A model folder (a trained job's `model/`, or any sentence-transformers folder).
+        #[arg(long, value_name = "DIR")]
+        model: PathBuf,
     },
     /// Fine-tune a sentence encoder on pair files, without queue or store (the original
     /// project's contrastive_trainer.py). Writes a sentence-transformers model folder with a model
@@ -266,6 +275,24 @@ async fn main() -> anyhow::Result<()> {
                 metrics.train_seconds,
                 metrics.best_step
             );
+        }
+        Command::Embed { model } => {
+            let encoder = SentenceEncoder::load(&model, tch::Device::cuda_if_available())
+                .with_context(|| format!("loading the model folder {}", model.display()))?;
+            let lines: Vec<String> = std::io::stdin()
+                .lines()
+                .collect::<Result<_, _>>()
+                .context("reading stdin")?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            // In chunks, so a long input streams out and memory stays bounded.
+            for chunk in lines.chunks(1024) {
+                let texts: Vec<&str> = chunk.iter().map(String::as_str).collect();
+                for vector in encoder.encode(&texts)? {
+                    serde_json::to_writer(&mut out, &vector)?;
+                    std::io::Write::write_all(&mut out, b"\n")?;
+                }
+            }
+            std::io::Write::flush(&mut out)?;
         }
         Command::Status { job: None } => {
             let store = store::open(&settings.store).await?;

@@ -206,7 +206,8 @@ pub fn model_card(m: &ModelMetrics) -> String {
         secs = m.train_seconds,
         pps = m.pairs_per_second,
     );
-    let rows: [(&str, fn(&EvalReport) -> f64); 8] = [
+    type Measure = fn(&EvalReport) -> f64;
+    let rows: [(&str, Measure); 8] = [
         ("nDCG@10", |r| r.ndcg_at_10),
         ("MRR@10", |r| r.mrr_at_10),
         ("Recall@1", |r| r.recall_at_1),

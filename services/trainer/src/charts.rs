@@ -57,9 +57,19 @@ pub fn training_curves(path: &Path, log: &[LogRow], val: &[EvalPoint]) -> ChartR
             .y_label_area_size(70)
             .build_cartesian_2d(0.0..last_step, (lo - pad)..(hi + pad))
             .map_err(err)?;
+        // Learning rates are tiny numbers: scientific notation keeps their labels apart.
+        let y_format = |v: &f64| {
+            if hi.abs() < 0.01 {
+                format!("{v:.1e}")
+            } else {
+                format!("{v:.3}")
+            }
+        };
         chart
             .configure_mesh()
             .x_desc("optimizer step")
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&y_format)
             .label_style(("sans-serif", 13))
             .draw()
             .map_err(err)?;

@@ -144,6 +144,27 @@ struct Example {
     label: f32,
 }
 
+/// Which text of an example a forward pass embeds.
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    Anchor,
+    Partner,
+    /// Only for batches whose every example has a hard negative.
+    Negative,
+}
+
+impl Side {
+    fn of(self, e: &Example) -> usize {
+        match self {
+            Side::Anchor => e.a,
+            Side::Partner => e.b,
+            Side::Negative => e
+                .negative
+                .expect("negatives are used only when all are present"),
+        }
+    }
+}
+
 /// The examples a loss trains on, with texts de-duplicated into one table.
 struct Examples {
     texts: Vec<String>,
@@ -505,25 +526,24 @@ impl Run<'_> {
         parts: usize,
     ) -> f64 {
         let s = self.settings;
-        let side = |pick: &dyn Fn(&Example) -> usize, chunk: &[Example]| -> Vec<&[i64]> {
+        let side = |pick: Side, chunk: &[Example]| -> Vec<&[i64]> {
             chunk
                 .iter()
-                .map(|e| examples.tokens[pick(e)].as_slice())
+                .map(|e| examples.tokens[pick.of(e)].as_slice())
                 .collect()
         };
         let has_negatives = items.iter().all(|e| e.negative.is_some());
-        let negative = |e: &Example| e.negative.expect("checked above");
         let seed = |part: usize| tch::manual_seed(pass_seed(s.seed, step, micro, part));
         let scale = 1.0 / parts as f64;
         match s.loss {
             TrainLoss::Mnrl | TrainLoss::Cosine | TrainLoss::Contrastive => {
                 seed(0);
-                let a = encoder.forward(&side(&|e| e.a, items), true);
-                let b = encoder.forward(&side(&|e| e.b, items), true);
+                let a = encoder.forward(&side(Side::Anchor, items), true);
+                let b = encoder.forward(&side(Side::Partner, items), true);
                 let loss = match s.loss {
                     TrainLoss::Mnrl => {
-                        let n =
-                            has_negatives.then(|| encoder.forward(&side(&negative, items), true));
+                        let n = has_negatives
+                            .then(|| encoder.forward(&side(Side::Negative, items), true));
                         mnrl(&a, &b, n.as_ref(), s.scale, s.symmetric)
                     }
                     _ => {
@@ -542,11 +562,11 @@ impl Run<'_> {
             }
             TrainLoss::CachedMnrl => {
                 let chunks: Vec<&[Example]> = items.chunks(s.mini_batch_size).collect();
-                let mut sides: Vec<Box<dyn Fn(&Example) -> usize>> =
-                    vec![Box::new(|e: &Example| e.a), Box::new(|e: &Example| e.b)];
-                if has_negatives {
-                    sides.push(Box::new(negative));
-                }
+                let sides: &[Side] = if has_negatives {
+                    &[Side::Anchor, Side::Partner, Side::Negative]
+                } else {
+                    &[Side::Anchor, Side::Partner]
+                };
                 // 1. Embeddings of the whole batch, without a graph.
                 let reps: Vec<Tensor> = sides
                     .iter()
@@ -558,7 +578,7 @@ impl Run<'_> {
                             .enumerate()
                             .map(|(c, chunk)| {
                                 seed(1 + c * sides.len() + k);
-                                encoder.forward(&side(pick.as_ref(), chunk), true)
+                                encoder.forward(&side(*pick, chunk), true)
                             })
                             .collect();
                         Tensor::cat(&parts, 0).detach().set_requires_grad(true)
@@ -573,7 +593,7 @@ impl Run<'_> {
                     let mut offset = 0;
                     for (c, chunk) in chunks.iter().enumerate() {
                         seed(1 + c * sides.len() + k);
-                        let embedded = encoder.forward(&side(pick.as_ref(), chunk), true);
+                        let embedded = encoder.forward(&side(*pick, chunk), true);
                         let g = grad.narrow(0, offset, chunk.len() as i64);
                         (embedded * g).sum(tch::Kind::Float).backward();
                         offset += chunk.len() as i64;

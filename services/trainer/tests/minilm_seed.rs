@@ -47,7 +47,7 @@ fn held_out_split(pairs: &[LabelledPair]) -> (Vec<LabelledPair>, Vec<LabelledPai
         );
         parent[a] = b;
     }
-    let held = |root: usize| xxhash_rust::xxh3::xxh3_64(&root.to_le_bytes()) % 5 == 0;
+    let held = |root: usize| xxhash_rust::xxh3::xxh3_64(&root.to_le_bytes()).is_multiple_of(5);
     let mut train = Vec::new();
     let mut held_out = Vec::new();
     for p in pairs {

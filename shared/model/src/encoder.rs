@@ -143,8 +143,7 @@ pub fn read_weights(dir: &Path) -> Result<(std::path::PathBuf, Vec<(String, Tens
             .map_err(|e| ModelError::Weights(format!("{}: {e}", safetensors.display())))?;
         (safetensors, tensors)
     } else {
-        let tensors = Tensor::loadz_multi_with_device(&pickle, Device::Cpu)
-            .map_err(|e| ModelError::Weights(format!("{}: {e}", pickle.display())))?;
+        let tensors = crate::torch_pickle::read_state_dict(&pickle)?;
         (pickle, tensors)
     };
     let tensors = tensors

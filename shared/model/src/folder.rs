@@ -27,6 +27,13 @@ pub struct BertConfig {
     pub layer_norm_eps: f64,
     #[serde(default)]
     pub pad_token_id: i64,
+    /// Hugging Face's architecture tag; "bert" (what `AutoConfig` needs to read the file).
+    #[serde(default = "default_model_type")]
+    pub model_type: String,
+}
+
+fn default_model_type() -> String {
+    "bert".into()
 }
 
 fn default_act() -> String {

@@ -10,6 +10,7 @@ pub mod folder;
 pub mod hub;
 pub mod testing;
 pub mod tokenizer;
+mod torch_pickle;
 
 pub use encoder::SentenceEncoder;
 

@@ -49,6 +49,7 @@ pub fn write_random_model(
         type_vocab_size: 2,
         layer_norm_eps: 1e-12,
         pad_token_id: 0,
+        model_type: "bert".into(),
     };
     let write = |name: &str, text: String| {
         std::fs::write(dir.join(name), text).map_err(io(&dir.join(name)))
