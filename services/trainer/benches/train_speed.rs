@@ -2,7 +2,9 @@
 //!
 //! For all-MiniLM-L6-v2 and a BERT-base-shaped model (random weights, 768 wide, 12 layers, 12
 //! heads): MNRL training at batch 8, max length 256, on the same real seed pairs (the first
-//! positives of train_small.csv), after warmup steps; then `encode` of 256 real abstracts. The
+//! positives of train_small.csv), after warmup steps, in the trainer's default precision (`auto`:
+//! bf16 matmuls on a CPU with AMX, fp32 otherwise); then `encode` of 256 real abstracts in fp32
+//! and in bf16, with the worst cosine between the two. The
 //! Python side is `st_reference.py`, run with `MEDEMBED_BENCH_PYTHON` (a venv with
 //! sentence-transformers, outside the project). Prints one JSON line per model.
 //!
@@ -13,8 +15,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
-use medembed_model::SentenceEncoder;
 use medembed_model::testing::write_random_model;
+use medembed_model::{Precision, SentenceEncoder};
 use medembed_pipeline::config::{Settings, TrainDevice, TrainLoss};
 use medembed_pipeline::store::LocalStore;
 use medembed_pipeline::testing::peak_rss_mib;
@@ -100,13 +102,29 @@ fn main() {
             .sum();
         let ours_train = pairs_done as f64 / seconds;
 
+        let train_precision = outcome.progress.precision.clone();
         let mut encoder = outcome.encoder;
         encoder.set_max_seq_length(MAX_LEN).expect("max len");
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-        encoder.encode(&refs[..32]).expect("warm up");
-        let start = Instant::now();
-        encoder.encode(&refs).expect("encode");
-        let ours_encode = refs.len() as f64 / start.elapsed().as_secs_f64();
+        let mut encode = |precision: Precision| {
+            encoder.set_precision(precision);
+            encoder.encode(&refs[..32]).expect("warm up");
+            let start = Instant::now();
+            let vectors = encoder.encode(&refs).expect("encode");
+            (refs.len() as f64 / start.elapsed().as_secs_f64(), vectors)
+        };
+        let (fp32_encode, fp32_vectors) = encode(Precision::Fp32);
+        let (bf16_encode, bf16_vectors) = encode(Precision::Bf16);
+        let worst_cosine = fp32_vectors
+            .iter()
+            .zip(&bf16_vectors)
+            .map(|(a, b)| {
+                let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+                let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                dot / (norm(a) * norm(b))
+            })
+            .fold(1.0f32, f32::min);
+        let ours_encode = fp32_encode.max(bf16_encode);
         let ours_rss = peak_rss_mib();
 
         let output = Command::new(&python)
@@ -141,8 +159,11 @@ fn main() {
                 "max_len": MAX_LEN,
                 "measured_steps": steps,
                 "threads": tch::get_num_threads(),
+                "train_precision": train_precision,
                 "train_pairs_per_s": ours_train,
-                "encode_texts_per_s": ours_encode,
+                "encode_texts_per_s_fp32": fp32_encode,
+                "encode_texts_per_s_bf16": bf16_encode,
+                "encode_bf16_vs_fp32_worst_cosine": worst_cosine,
                 "peak_rss_mib": ours_rss,
                 "baseline": {
                     "name": format!("sentence-transformers {}", theirs["sentence_transformers"].as_str().unwrap_or("?")),

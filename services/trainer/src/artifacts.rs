@@ -60,6 +60,8 @@ pub struct SplitReports {
 pub struct ModelMetrics {
     pub base_model: String,
     pub device: String,
+    /// What training computed in (`fp32` or `bf16`); the published weights are fp32.
+    pub precision: String,
     pub settings: TrainSettings,
     pub data: DataSummary,
     pub optimizer_steps: usize,
@@ -126,6 +128,7 @@ pub fn write_model_folder(
     let metrics = ModelMetrics {
         base_model: base_model.to_string(),
         device: format!("{:?}", outcome.encoder.vs.device()).to_lowercase(),
+        precision: p.precision.clone(),
         settings: settings.clone(),
         data,
         optimizer_steps: p.step,
@@ -173,7 +176,7 @@ pub fn model_card(m: &ModelMetrics) -> String {
          | learning rate | {lr} (AdamW, weight decay {wd}, warmup ratio {wr} / steps {ws}, linear decay) |\n\
          | max gradient norm | {clip} |\n| max sequence length | {len} |\n| seed | {seed} |\n\
          | optimizer steps | {steps} (published: step {best}, best val nDCG@10) |\n\
-         | device | {device} |\n| training time | {secs:.1} s ({pps:.1} pairs/s) |\n\n\
+         | device | {device} ({precision} matmuls) |\n| training time | {secs:.1} s ({pps:.1} pairs/s) |\n\n\
          ## Evaluation\n\n\
          Retrieval: each query ranks the split's whole corpus by cosine. Labelled pairs: Spearman \
          of cosine vs label and ROC-AUC.\n\n\
@@ -203,6 +206,7 @@ pub fn model_card(m: &ModelMetrics) -> String {
         steps = m.optimizer_steps,
         best = m.best_step,
         device = m.device,
+        precision = m.precision,
         secs = m.train_seconds,
         pps = m.pairs_per_second,
     );

@@ -21,8 +21,8 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use medembed_model::{ModelError, SentenceEncoder};
-use medembed_pipeline::config::{TrainLoss, TrainSettings};
+use medembed_model::{ModelError, Precision, SentenceEncoder};
+use medembed_pipeline::config::{TrainLoss, TrainPrecision, TrainSettings};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -93,6 +93,9 @@ pub struct Progress {
     pub baseline_cosines: (Vec<f32>, Vec<f32>),
     /// How many times this run was resumed from a checkpoint.
     pub resumes: u32,
+    /// What the matmuls computed in (`fp32`, `bf16`); evaluation is always fp32.
+    #[serde(default)]
+    pub precision: String,
 }
 
 /// What a finished run hands back: the encoder with the best weights, and how it went.
@@ -311,6 +314,16 @@ impl Run<'_> {
     ) -> Result<TrainOutcome, TrainError> {
         let s = self.settings;
         encoder.set_max_seq_length(s.max_seq_length)?;
+        encoder.set_precision(match s.precision {
+            TrainPrecision::Auto => Precision::fastest_for(encoder.vs.device()),
+            TrainPrecision::Fp32 => Precision::Fp32,
+            TrainPrecision::Bf16 => Precision::Bf16,
+        });
+        observer.phase(&format!(
+            "training on {:?} in {:?}",
+            encoder.vs.device(),
+            encoder.bert.compute_kind()
+        ));
         observer.phase("tokenizing");
         let examples = Examples::build(s, &self.inputs.train, &encoder)?;
         let epochs: Vec<Vec<Vec<usize>>> = (0..s.epochs).map(|e| examples.batches(s, e)).collect();
@@ -344,8 +357,8 @@ impl Run<'_> {
                         .phase("a checkpoint of another run (other settings or data) is ignored");
                 }
                 observer.phase("evaluating the base model");
-                let baseline_val = self.evaluate(&encoder, "val", "base", observer)?;
-                let baseline_test = self.evaluate(&encoder, "test", "base", observer)?;
+                let baseline_val = self.evaluate(&mut encoder, "val", "base", observer)?;
+                let baseline_test = self.evaluate(&mut encoder, "test", "base", observer)?;
                 let progress = Progress {
                     fingerprint: fingerprint.clone(),
                     total_steps,
@@ -369,6 +382,10 @@ impl Run<'_> {
             }
         };
 
+        progress.precision = match encoder.bert.compute_kind() {
+            tch::Kind::BFloat16 => "bf16".into(),
+            _ => "fp32".into(),
+        };
         observer.phase("training");
         let mut since_eval = false;
         while progress.epoch < s.epochs {
@@ -422,7 +439,7 @@ impl Run<'_> {
                 let epoch_done = progress.batch_in_epoch == batches.len();
                 if s.eval_every_steps > 0 && progress.step % s.eval_every_steps == 0 && !epoch_done
                 {
-                    self.evaluate_and_keep_best(&encoder, &mut progress, observer)?;
+                    self.evaluate_and_keep_best(&mut encoder, &mut progress, observer)?;
                     since_eval = false;
                     self.save(&progress, &encoder, &optimizer)?;
                 } else if s.checkpoint_every_steps > 0
@@ -433,7 +450,7 @@ impl Run<'_> {
                 }
             }
             if since_eval {
-                self.evaluate_and_keep_best(&encoder, &mut progress, observer)?;
+                self.evaluate_and_keep_best(&mut encoder, &mut progress, observer)?;
                 since_eval = false;
             }
             progress.epoch += 1;
@@ -450,8 +467,9 @@ impl Run<'_> {
             "evaluating the best model (step {})",
             progress.best_step
         ));
-        let final_val = self.evaluate(&encoder, "val", "final", observer)?;
-        let final_test = self.evaluate(&encoder, "test", "final", observer)?;
+        let final_val = self.evaluate(&mut encoder, "val", "final", observer)?;
+        let final_test = self.evaluate(&mut encoder, "test", "final", observer)?;
+        encoder.set_precision(Precision::Fp32);
         Ok(TrainOutcome {
             encoder,
             progress,
@@ -463,7 +481,7 @@ impl Run<'_> {
 
     fn evaluate(
         &self,
-        encoder: &SentenceEncoder,
+        encoder: &mut SentenceEncoder,
         split: &str,
         label: &str,
         observer: &mut dyn Observer,
@@ -476,14 +494,20 @@ impl Run<'_> {
             // No such split (`medembed train` without --test): nothing to report.
             return Ok(EvalReport::default());
         }
-        let report = evaluate(encoder, set, pairs)?;
+        // Always in fp32, whatever the training precision: the figures are those of the published
+        // (fp32) weights as anyone loading them computes them.
+        let training = encoder.bert.compute_kind();
+        encoder.set_precision(Precision::Fp32);
+        let report = evaluate(encoder, set, pairs);
+        encoder.bert.set_compute_kind(training);
+        let report = report?;
         observer.evaluated(split, label, &report);
         Ok(report)
     }
 
     fn evaluate_and_keep_best(
         &self,
-        encoder: &SentenceEncoder,
+        encoder: &mut SentenceEncoder,
         progress: &mut Progress,
         observer: &mut dyn Observer,
     ) -> Result<(), TrainError> {

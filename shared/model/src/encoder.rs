@@ -34,6 +34,8 @@ impl SentenceEncoder {
         let mut vs = nn::VarStore::new(device);
         let mut bert = Bert::new(&vs.root(), &folder.config)?;
         load_weights(&mut vs, dir)?;
+        // CUDA computes in bf16 by default; on a CPU fp32 is the default (parity with
+        // sentence-transformers to 1e-7), bf16 on request (`set_precision`).
         if device.is_cuda() {
             bert.set_compute_kind(Kind::BFloat16);
         }
@@ -44,6 +46,11 @@ impl SentenceEncoder {
             bert,
             token_budget: 16_384,
         })
+    }
+
+    /// Computes dense layers and attention in `precision` from now on.
+    pub fn set_precision(&mut self, precision: crate::Precision) {
+        self.bert.set_compute_kind(precision.kind());
     }
 
     /// Cuts texts at `tokens` (the model's own limit still applies).

@@ -14,6 +14,44 @@ mod torch_pickle;
 
 pub use encoder::SentenceEncoder;
 
+/// The kind the encoder computes dense layers and attention in (weights stay fp32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    Fp32,
+    /// bf16 matmuls with fp32 weights, LayerNorm and sums (mixed precision).
+    Bf16,
+}
+
+impl Precision {
+    /// bf16 where the hardware does it fast (CUDA; a CPU with AMX bf16 tiles), fp32 elsewhere.
+    pub fn fastest_for(device: tch::Device) -> Self {
+        if device.is_cuda() || cpu_has_amx_bf16() {
+            Self::Bf16
+        } else {
+            Self::Fp32
+        }
+    }
+
+    pub fn kind(self) -> tch::Kind {
+        match self {
+            Self::Fp32 => tch::Kind::Float,
+            Self::Bf16 => tch::Kind::BFloat16,
+        }
+    }
+}
+
+/// Whether this CPU has AMX bf16 tiles (Linux: the `amx_bf16` flag in /proc/cpuinfo), where
+/// libtorch's oneDNN runs bf16 matmuls several times faster than fp32.
+pub fn cpu_has_amx_bf16() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .map(|info| {
+            info.lines()
+                .find(|l| l.starts_with("flags"))
+                .is_some_and(|l| l.split_whitespace().any(|f| f == "amx_bf16"))
+        })
+        .unwrap_or(false)
+}
+
 /// What can go wrong loading or running a model; messages name the file or the tensor.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {

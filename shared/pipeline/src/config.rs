@@ -291,7 +291,18 @@ pub struct TrainSettings {
     pub eval_every_steps: usize,
     pub checkpoint_every_steps: usize,
     pub device: TrainDevice,
+    pub precision: TrainPrecision,
     pub lease_secs: u64,
+}
+
+/// What the encoder computes in while training (`train.precision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainPrecision {
+    /// bf16 on CUDA and on CPUs with AMX bf16, fp32 elsewhere.
+    Auto,
+    Fp32,
+    Bf16,
 }
 
 #[derive(Debug, Clone, Deserialize)]
