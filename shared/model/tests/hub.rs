@@ -63,11 +63,19 @@ async fn cdn(
     ([(header::ETAG, etag)], body).into_response()
 }
 
-async fn serve() -> (String, Served) {
-    let dir = PathBuf::from(
+fn minilm() -> PathBuf {
+    PathBuf::from(
         std::env::var("MEDEMBED_TEST_MODEL_DIR")
             .expect("MEDEMBED_TEST_MODEL_DIR (run deploy/dev/deps)"),
-    );
+    )
+}
+
+async fn serve() -> (String, Served) {
+    serve_from(minilm()).await
+}
+
+/// A hub that serves the files of `dir` for every repository.
+async fn serve_from(dir: PathBuf) -> (String, Served) {
     let served = Served {
         dir,
         bodies: Arc::new(AtomicUsize::new(0)),
@@ -165,4 +173,56 @@ async fn gated_models_need_a_token_and_bad_ids_are_refused() {
             .expect_err(bad);
         assert!(err.to_string().contains("hub id"), "{bad}: {err}");
     }
+}
+
+#[tokio::test]
+async fn a_model_with_only_pytorch_model_bin_is_fetched_and_loads() {
+    // BiomedBERT-style: config, vocab and the pickled weights, no model.safetensors.
+    let repo = tempfile::tempdir().expect("tempdir");
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-bert-pickle");
+    for (from, to) in [
+        (fixture.join("config.json"), "config.json"),
+        (fixture.join("pytorch_model.bin"), "pytorch_model.bin"),
+        (minilm().join("vocab.txt"), "vocab.txt"),
+        (
+            minilm().join("tokenizer_config.json"),
+            "tokenizer_config.json",
+        ),
+    ] {
+        std::fs::copy(from, repo.path().join(to)).expect("copy");
+    }
+    let (endpoint, served) = serve_from(repo.path().to_path_buf()).await;
+    let home = tempfile::tempdir().expect("tempdir");
+    let hub = Hub::new(&endpoint, home.path(), None);
+    let dir = hub.resolve("microsoft/pickle-only").await.expect("fetch");
+    assert!(dir.join("pytorch_model.bin").exists());
+    assert!(!dir.join("model.safetensors").exists());
+    let text = ["BRCA1 and PARP inhibitors"];
+    assert_eq!(
+        SentenceEncoder::load(&dir, tch::Device::Cpu)
+            .expect("fetched folder loads")
+            .encode(&text)
+            .expect("encode"),
+        SentenceEncoder::load(&served.dir, tch::Device::Cpu)
+            .expect("served folder loads")
+            .encode(&text)
+            .expect("encode")
+    );
+
+    // Neither weights file: the error says so.
+    std::fs::remove_file(repo.path().join("pytorch_model.bin")).expect("rm");
+    let err = Hub::new(
+        &endpoint,
+        tempfile::tempdir().expect("tempdir").path(),
+        None,
+    )
+    .resolve("microsoft/no-weights")
+    .await
+    .expect_err("no weights");
+    assert!(
+        err.to_string()
+            .contains("neither model.safetensors nor pytorch_model.bin"),
+        "{err}"
+    );
 }
