@@ -272,3 +272,48 @@ async fn missing_or_corrupt_pairs_are_permanent_errors_naming_the_object() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_base_model_under_an_s3_prefix_is_downloaded_and_loads() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let minilm = std::env::var("MEDEMBED_TEST_MODEL_DIR").expect("MEDEMBED_TEST_MODEL_DIR");
+    let model = tmp.path().join("tiny");
+    write_tiny_random_model(&model, Path::new(&minilm), 32, 1, 9).expect("tiny model");
+    let prefix = unique("base-model");
+    let settings = dev_settings(
+        &prefix,
+        QueueBackend::Memory,
+        StoreBackend::S3,
+        tmp.path(),
+        &[],
+    );
+    // The store prefix is the deployment's; an s3:// URL names bucket and key prefix itself.
+    let store = store::open(&settings.store).await.expect("garage");
+    store::upload_dir(store.as_ref(), &model, "models/tiny", None)
+        .await
+        .expect("upload");
+    let url = format!("s3://{}/{prefix}/models/tiny", settings.store.bucket);
+    let hub = medembed_model::hub::Hub::new("http://127.0.0.1:9", &tmp.path().join("hf"), None);
+    let dir = medembed_trainer::stage::resolve_base_model(&url, &hub, &settings.store)
+        .await
+        .expect("s3 base model");
+    let text = ["anti-PD-1 therapy"];
+    assert_eq!(
+        medembed_model::SentenceEncoder::load(&dir, tch::Device::Cpu)
+            .expect("downloaded folder loads")
+            .encode(&text)
+            .expect("encode"),
+        medembed_model::SentenceEncoder::load(&model, tch::Device::Cpu)
+            .expect("original")
+            .encode(&text)
+            .expect("encode")
+    );
+    let missing = format!("s3://{}/{prefix}/models/none", settings.store.bucket);
+    let err = medembed_trainer::stage::resolve_base_model(&missing, &hub, &settings.store)
+        .await
+        .expect_err("empty prefix");
+    assert!(
+        err.to_string().contains("no objects under that prefix"),
+        "{err}"
+    );
+}
