@@ -95,6 +95,13 @@ struct Lease {
     renewed_unix: u64,
 }
 
+impl Lease {
+    async fn write(&self, store: &dyn ObjectStore, key: &str) -> Result<(), StoreError> {
+        let body = serde_json::to_vec(self).expect("a lease is plain data");
+        store.put(key, Bytes::from(body)).await
+    }
+}
+
 fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -326,38 +333,23 @@ impl Stage for TrainStage {
             }
             tracing::warn!(job_id = %job, owner = %lease.owner, age_s = age, "taking over a stale lease; resuming from the last checkpoint");
         }
-        let put_lease = {
-            let store = store.clone();
-            let owner = self.owner.clone();
-            let key = lease_key.clone();
-            move || {
-                let lease = Lease {
-                    owner: owner.clone(),
-                    renewed_unix: now_unix(),
-                };
-                let store = store.clone();
-                let key = key.clone();
-                async move {
-                    store
-                        .put(
-                            &key,
-                            Bytes::from(serde_json::to_vec(&lease).expect("serializes")),
-                        )
-                        .await
-                }
-            }
+        let lease = Lease {
+            owner: self.owner.clone(),
+            renewed_unix: now_unix(),
         };
-        put_lease().await?;
+        lease.write(store.as_ref(), &lease_key).await?;
         let renewing = CancellationToken::new();
         let renewer = {
             let renewing = renewing.clone();
+            let (store, lease_key, lease) = (store.clone(), lease_key.clone(), lease.clone());
             let every = Duration::from_secs((self.settings.lease_secs / 4).max(1));
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
                         _ = renewing.cancelled() => break,
                         _ = tokio::time::sleep(every) => {
-                            if let Err(e) = put_lease().await {
+                            let lease = Lease { renewed_unix: now_unix(), ..lease.clone() };
+                            if let Err(e) = lease.write(store.as_ref(), &lease_key).await {
                                 tracing::warn!(error = %e, "could not renew the training lease");
                             }
                         }
