@@ -7,16 +7,13 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use bytes::Bytes;
 use clap::{Parser, Subcommand, ValueEnum};
-use medembed_fetcher::eutils::parse_date;
 use medembed_model::SentenceEncoder;
 use medembed_model::hub::Hub;
-use medembed_pipeline::config::{QueueBackend, Settings, TrainDevice};
-use medembed_pipeline::messages::{
-    self, ArticleSource, Database, FetchTask, JobId, JobSpec, MESSAGE_VERSION, TaskMessage,
-};
-use medembed_pipeline::status::{StageState, StageStatus, now_rfc3339};
+use medembed_pipeline::config::{ComputeDevice, QueueBackend, Settings};
+use medembed_pipeline::jobs::{self, JobRequest};
+use medembed_pipeline::messages::{Database, JobId, JobSpec};
+use medembed_pipeline::status::{StageState, StageStatus};
 use medembed_pipeline::store::{ObjectStore, StoreError};
 use medembed_pipeline::{keys, queue, store};
 use medembed_trainer::standalone::{ProgressLines, StandaloneJob};
@@ -149,41 +146,12 @@ async fn main() -> anyhow::Result<()> {
             include_non_open_access,
             cited_by,
         } => {
-            let source: ArticleSource = source.parse().map_err(anyhow::Error::msg)?;
-            if query.trim().is_empty() && source == ArticleSource::Eutils {
-                bail!("--query is empty: E-utilities needs a query");
-            }
-            if max_articles == 0 {
-                bail!("--max-articles must be at least 1");
-            }
-            let first = from
-                .as_deref()
-                .map(|d| parse_date(d, false))
-                .transpose()
-                .context("--from")?;
-            let last = to
-                .as_deref()
-                .map(|d| parse_date(d, true))
-                .transpose()
-                .context("--to")?;
-            if let (Some(a), Some(b)) = (first, last)
-                && a > b
-            {
-                bail!(
-                    "--from {} is after --to {}",
-                    from.unwrap_or_default(),
-                    to.unwrap_or_default()
-                );
-            }
             if settings.queue.backend == QueueBackend::Memory {
                 bail!(
                     "submit queues the job on RabbitMQ, but queue.backend is \"memory\": use a distributed config (queue.backend = \"amqp\", e.g. --config configs/distributed.toml)"
                 );
             }
-            let spec = JobSpec {
-                version: MESSAGE_VERSION,
-                job_id: JobId::new(),
-                created_at: now_rfc3339(),
+            let request = JobRequest {
                 query,
                 db: match db {
                     Db::Pmc => Database::Pmc,
@@ -196,6 +164,9 @@ async fn main() -> anyhow::Result<()> {
                 open_access_only: !include_non_open_access,
                 cited_by,
             };
+            let spec = request
+                .into_spec()
+                .map_err(|e| anyhow::anyhow!("--{}: {}", e.field.replace('_', "-"), e.reason))?;
             submit(&settings, &spec).await?;
             println!("{}", spec.job_id);
         }
@@ -227,9 +198,9 @@ async fn main() -> anyhow::Result<()> {
             }
             if let Some(d) = device {
                 s.device = match d.as_str() {
-                    "auto" => TrainDevice::Auto,
-                    "cpu" => TrainDevice::Cpu,
-                    "cuda" => TrainDevice::Cuda,
+                    "auto" => ComputeDevice::Auto,
+                    "cpu" => ComputeDevice::Cpu,
+                    "cuda" => ComputeDevice::Cuda,
                     other => bail!("--device {other:?}: use auto, cpu or cuda"),
                 };
             }
@@ -304,45 +275,25 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes the job spec, then queues its fetch task (in that order: a worker must find the spec).
+/// Writes the job spec, then queues its fetch task.
 async fn submit(settings: &Settings, spec: &JobSpec) -> anyhow::Result<()> {
     let store = store::open(&settings.store).await?;
-    let key = keys::job_spec(spec.job_id);
-    store
-        .put(&key, Bytes::from(serde_json::to_vec_pretty(spec)?))
-        .await
-        .with_context(|| format!("writing {key}"))?;
     let queue = queue::open(&settings.queue).await?;
-    let task = FetchTask {
-        job_id: spec.job_id,
-    };
-    queue
-        .publish(FetchTask::QUEUE, &messages::encode(&task))
-        .await?;
+    let submitted = jobs::submit(store.as_ref(), queue.as_ref(), spec).await;
     queue.close().await;
-    Ok(())
+    Ok(submitted?)
 }
 
 /// One line per job: id, creation time, query.
 async fn list_jobs(store: &dyn ObjectStore) -> anyhow::Result<Vec<String>> {
-    let mut lines = Vec::new();
-    for meta in store.list("jobs/").await? {
-        if !meta.key.ends_with("/job.json") {
-            continue;
-        }
-        let spec: JobSpec = match serde_json::from_slice(&store.get(&meta.key).await?) {
-            Ok(s) => s,
-            Err(e) => {
-                lines.push(format!("{}: unreadable: {e}", meta.key));
-                continue;
-            }
-        };
-        lines.push(format!(
-            "{}  {}  {:?}",
-            spec.job_id, spec.created_at, spec.query
-        ));
-    }
-    Ok(lines)
+    Ok(jobs::list(store)
+        .await?
+        .into_iter()
+        .map(|job| match job {
+            Ok(spec) => format!("{}  {}  {:?}", spec.job_id, spec.created_at, spec.query),
+            Err(unreadable) => unreadable,
+        })
+        .collect())
 }
 
 /// The human-readable status of a job.

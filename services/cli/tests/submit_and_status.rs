@@ -140,15 +140,15 @@ fn bad_arguments_are_refused_with_the_reason() {
     let cases: &[(&[&str], &str)] = &[
         (
             &["submit", "--query", "x", "--from", "2024", "--to", "2020"],
-            "is after --to",
+            "--from: 2024 is after to 2020",
         ),
         (
             &["submit", "--query", "x", "--from", "2024/13"],
-            "invalid date",
+            "--from: \"2024/13\" is not a date",
         ),
         (
             &["submit", "--query", "x", "--max-articles", "0"],
-            "at least 1",
+            "--max-articles: must be 1..=",
         ),
         (
             &["submit", "--query", "x", "--db", "embase"],
@@ -156,9 +156,9 @@ fn bad_arguments_are_refused_with_the_reason() {
         ),
         (
             &["submit", "--query", "x", "--source", "ftp://x"],
-            "expected `eutils` or `files:PATH`",
+            "--source: source \"ftp://x\": expected `eutils` or `files:PATH`",
         ),
-        (&["submit", "--query", "  "], "--query is empty"),
+        (&["submit", "--query", "  "], "--query: is empty"),
         (&["status", "not-a-job"], "not a job id"),
         (&["status", "01JDZ8Q4V5W3XK1N2M3P4R5S6T"], "does not exist"),
     ];

@@ -516,37 +516,11 @@ pub fn ncbi_date(d: Date) -> String {
     format!("{:04}/{:02}/{:02}", d.year(), u8::from(d.month()), d.day())
 }
 
-/// Parses `YYYY`, `YYYY/MM` or `YYYY/MM/DD` (also with `-`); `end` picks the last day of a year
-/// or month instead of the first.
+/// Parses `YYYY`, `YYYY/MM` or `YYYY/MM/DD` (see [`medembed_pipeline::jobs::parse_date`]).
 pub fn parse_date(value: &str, end: bool) -> Result<Date> {
-    let bad = || EutilsError::Date {
+    medembed_pipeline::jobs::parse_date(value, end).map_err(|_| EutilsError::Date {
         value: value.to_string(),
-    };
-    let parts: Vec<&str> = value.trim().split(['/', '-']).collect();
-    let num = |i: usize| {
-        parts
-            .get(i)
-            .map(|p| p.parse::<u32>().map_err(|_| bad()))
-            .transpose()
-    };
-    let year = num(0)?.ok_or_else(bad)? as i32;
-    let month = num(1)?;
-    let day = num(2)?;
-    if parts.len() > 3 || !(1000..=9999).contains(&year) {
-        return Err(bad());
-    }
-    let month_of = |m: u32| time::Month::try_from(m as u8).map_err(|_| bad());
-    let date = match (month, day, end) {
-        (None, _, false) => Date::from_calendar_date(year, time::Month::January, 1),
-        (None, _, true) => Date::from_calendar_date(year, time::Month::December, 31),
-        (Some(m), None, false) => Date::from_calendar_date(year, month_of(m)?, 1),
-        (Some(m), None, true) => {
-            let month = month_of(m)?;
-            Date::from_calendar_date(year, month, month.length(year))
-        }
-        (Some(m), Some(d), _) => Date::from_calendar_date(year, month_of(m)?, d as u8),
-    };
-    date.map_err(|_| bad())
+    })
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use medembed_model::testing::write_random_model;
 use medembed_model::{Precision, SentenceEncoder};
-use medembed_pipeline::config::{Settings, TrainDevice, TrainLoss};
+use medembed_pipeline::config::{ComputeDevice, Settings, TrainLoss};
 use medembed_pipeline::store::LocalStore;
 use medembed_pipeline::testing::peak_rss_mib;
 use medembed_trainer::checkpoint::StoreCheckpoints;
@@ -66,7 +66,7 @@ fn main() {
         settings.max_seq_length = MAX_LEN;
         settings.epochs = 1;
         settings.checkpoint_every_steps = 0;
-        settings.device = TrainDevice::Cpu;
+        settings.device = ComputeDevice::Cpu;
         let inputs = TrainInputs {
             train: pairs.to_vec(),
             ..TrainInputs::default()

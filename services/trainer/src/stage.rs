@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use medembed_model::SentenceEncoder;
 use medembed_model::hub::Hub;
-use medembed_pipeline::config::{Settings, StoreSettings, TrainDevice, TrainSettings};
+use medembed_pipeline::config::{ComputeDevice, Settings, StoreSettings, TrainSettings};
 use medembed_pipeline::keys;
 use medembed_pipeline::messages::{IndexTask, JobId, TrainTask};
 use medembed_pipeline::runner::{Outgoing, Stage, StageError, TaskContext};
@@ -143,13 +143,8 @@ impl TrainStage {
 }
 
 /// The libtorch device the settings ask for.
-pub fn device(setting: TrainDevice) -> Result<tch::Device, String> {
-    match setting {
-        TrainDevice::Auto => Ok(tch::Device::cuda_if_available()),
-        TrainDevice::Cpu => Ok(tch::Device::Cpu),
-        TrainDevice::Cuda if tch::Cuda::is_available() => Ok(tch::Device::Cuda(0)),
-        TrainDevice::Cuda => Err("train.device = \"cuda\" but libtorch sees no CUDA GPU".into()),
-    }
+pub fn device(setting: ComputeDevice) -> Result<tch::Device, String> {
+    medembed_model::device_for(setting, "train.device").map_err(|e| e.to_string())
 }
 
 /// A base model's folder on this machine: a local folder as it is, `s3://bucket/prefix`

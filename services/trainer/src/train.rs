@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use medembed_model::{ModelError, Precision, SentenceEncoder};
-use medembed_pipeline::config::{TrainLoss, TrainPrecision, TrainSettings};
+use medembed_pipeline::config::{TrainLoss, TrainSettings};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -314,11 +314,7 @@ impl Run<'_> {
     ) -> Result<TrainOutcome, TrainError> {
         let s = self.settings;
         encoder.set_max_seq_length(s.max_seq_length)?;
-        encoder.set_precision(match s.precision {
-            TrainPrecision::Auto => Precision::fastest_for(encoder.vs.device()),
-            TrainPrecision::Fp32 => Precision::Fp32,
-            TrainPrecision::Bf16 => Precision::Bf16,
-        });
+        encoder.set_precision(Precision::for_setting(s.precision, encoder.vs.device()));
         observer.phase(&format!(
             "training on {:?} in {:?}",
             encoder.vs.device(),

@@ -16,7 +16,7 @@ use std::path::Path;
 
 use medembed_model::SentenceEncoder;
 use medembed_model::hub::Hub;
-use medembed_pipeline::config::{Settings, TrainDevice};
+use medembed_pipeline::config::{ComputeDevice, Settings};
 use medembed_trainer::data::{LabelledPair, RetrievalSet, read_pairs};
 use medembed_trainer::eval::evaluate;
 use medembed_trainer::standalone::{ProgressLines, StandaloneJob, run};
@@ -107,7 +107,7 @@ async fn one_epoch_of_mnrl_on_the_seed_pairs_lowers_the_loss_and_publishes_the_b
         .expect("defaults")
         .train;
     settings.base_model = minilm.clone();
-    settings.device = TrainDevice::Cpu;
+    settings.device = ComputeDevice::Cpu;
     settings.epochs = 1;
     settings.batch_size = 16;
     settings.max_seq_length = 128;

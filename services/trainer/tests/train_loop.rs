@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use medembed_model::SentenceEncoder;
 use medembed_model::testing::write_tiny_random_model;
-use medembed_pipeline::config::{Settings, TrainDevice, TrainLoss, TrainSettings};
+use medembed_pipeline::config::{ComputeDevice, Settings, TrainLoss, TrainSettings};
 use medembed_pipeline::store::LocalStore;
 use medembed_trainer::artifacts::{
     DataSummary, ModelMetrics, training_log_schema, write_model_folder,
@@ -63,7 +63,7 @@ fn settings(loss: TrainLoss) -> TrainSettings {
     s.max_seq_length = 48;
     s.epochs = 3;
     s.checkpoint_every_steps = 3;
-    s.device = TrainDevice::Cpu;
+    s.device = ComputeDevice::Cpu;
     s
 }
 

@@ -72,7 +72,26 @@ impl SentenceEncoder {
 
     /// One embedding per text, in input order.
     pub fn encode(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        self.encode_observed(texts, |_, _| {})
+    }
+
+    /// As [`SentenceEncoder::encode`], calling `on_batch(texts, time)` after each forward pass
+    /// (the indexer's batch-duration metric).
+    pub fn encode_observed(
+        &self,
+        texts: &[&str],
+        on_batch: impl FnMut(usize, std::time::Duration),
+    ) -> Result<Vec<Vec<f32>>> {
         let ids = self.tokenize(texts)?;
+        self.encode_tokens(&ids, on_batch)
+    }
+
+    /// Embeddings of texts already tokenized ([`SentenceEncoder::tokenize`]), in order.
+    pub fn encode_tokens(
+        &self,
+        ids: &[Vec<i64>],
+        mut on_batch: impl FnMut(usize, std::time::Duration),
+    ) -> Result<Vec<Vec<f32>>> {
         let mut order: Vec<usize> = (0..ids.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(ids[i].len()));
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); ids.len()];
@@ -88,7 +107,9 @@ impl SentenceEncoder {
                 .iter()
                 .map(|&i| ids[i].as_slice())
                 .collect();
+            let started = std::time::Instant::now();
             let vectors = self.embed_batch(&batch)?;
+            on_batch(size, started.elapsed());
             for (row, &i) in order[start..start + size].iter().enumerate() {
                 out[i] = vectors[row].clone();
             }

@@ -14,6 +14,21 @@ mod torch_pickle;
 
 pub use encoder::SentenceEncoder;
 
+use medembed_pipeline::config::{ComputeDevice, ComputePrecision};
+
+/// The libtorch device a `device` setting asks for; `key` (`train.device`, `index.device`) names
+/// the setting when CUDA is asked for but absent.
+pub fn device_for(setting: ComputeDevice, key: &str) -> Result<tch::Device> {
+    match setting {
+        ComputeDevice::Auto => Ok(tch::Device::cuda_if_available()),
+        ComputeDevice::Cpu => Ok(tch::Device::Cpu),
+        ComputeDevice::Cuda if tch::Cuda::is_available() => Ok(tch::Device::Cuda(0)),
+        ComputeDevice::Cuda => Err(ModelError::Device(format!(
+            "{key} = \"cuda\" but libtorch sees no CUDA GPU"
+        ))),
+    }
+}
+
 /// The kind the encoder computes dense layers and attention in (weights stay fp32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precision {
@@ -29,6 +44,15 @@ impl Precision {
             Self::Bf16
         } else {
             Self::Fp32
+        }
+    }
+
+    /// The precision a `precision` setting asks for on `device`.
+    pub fn for_setting(setting: ComputePrecision, device: tch::Device) -> Self {
+        match setting {
+            ComputePrecision::Auto => Self::fastest_for(device),
+            ComputePrecision::Fp32 => Self::Fp32,
+            ComputePrecision::Bf16 => Self::Bf16,
         }
     }
 
@@ -73,6 +97,8 @@ pub enum ModelError {
     Tokenizer(String),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+    #[error("{0}")]
+    Device(String),
 }
 
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;

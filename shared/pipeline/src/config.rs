@@ -84,6 +84,8 @@ pub struct Settings {
     pub clean: CleanSettings,
     pub pairs: PairSettings,
     pub train: TrainSettings,
+    pub index: IndexSettings,
+    pub api: ApiSettings,
     pub runner: RunnerSettings,
     pub server: ServerSettings,
     pub log: LogSettings,
@@ -261,7 +263,7 @@ impl std::str::FromStr for TrainLoss {
 /// Where training runs (`train.device`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum TrainDevice {
+pub enum ComputeDevice {
     /// CUDA if libtorch sees a GPU, else CPU.
     Auto,
     Cpu,
@@ -290,19 +292,116 @@ pub struct TrainSettings {
     pub margin: f64,
     pub eval_every_steps: usize,
     pub checkpoint_every_steps: usize,
-    pub device: TrainDevice,
-    pub precision: TrainPrecision,
+    pub device: ComputeDevice,
+    pub precision: ComputePrecision,
     pub lease_secs: u64,
 }
 
 /// What the encoder computes in while training (`train.precision`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum TrainPrecision {
+pub enum ComputePrecision {
     /// bf16 on CUDA and on CPUs with AMX bf16, fp32 elsewhere.
     Auto,
     Fp32,
     Bf16,
+}
+
+/// The indexer: embedding a job's corpus, the vector index, topic clusters and the 2-D map.
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexSettings {
+    pub batch_tokens: usize,
+    pub max_seq_length: usize,
+    pub device: ComputeDevice,
+    pub precision: ComputePrecision,
+    pub exact_max_documents: usize,
+    pub hnsw_connectivity: usize,
+    pub hnsw_expansion_add: usize,
+    pub hnsw_expansion_search: usize,
+    pub clusters: usize,
+    pub max_clusters: usize,
+    pub cluster_labels: usize,
+    pub snippet_chars: usize,
+    pub seed: u64,
+}
+
+impl IndexSettings {
+    /// Checks the numbers an index cannot be built with; the error names the setting.
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |key: &'static str, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.to_string(),
+            })
+        };
+        if !(64..=1 << 24).contains(&self.batch_tokens) {
+            return invalid("index.batch_tokens", "must be 64..=16777216");
+        }
+        if !(8..=8192).contains(&self.max_seq_length) {
+            return invalid("index.max_seq_length", "must be 8..=8192");
+        }
+        if !(2..=256).contains(&self.hnsw_connectivity) {
+            return invalid("index.hnsw_connectivity", "must be 2..=256");
+        }
+        if self.hnsw_expansion_add == 0 || self.hnsw_expansion_search == 0 {
+            return invalid(
+                "index.hnsw_expansion_search",
+                "hnsw_expansion_add and hnsw_expansion_search must be at least 1",
+            );
+        }
+        if !(2..=1000).contains(&self.max_clusters) {
+            return invalid("index.max_clusters", "must be 2..=1000");
+        }
+        if self.clusters == 1 || self.clusters > 1000 {
+            return invalid(
+                "index.clusters",
+                "must be 0 (chosen by silhouette) or 2..=1000",
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `medembed-api`: the HTTP API and web UI, and the limits it puts on requests.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSettings {
+    pub listen_addr: std::net::SocketAddr,
+    pub max_body_bytes: usize,
+    pub max_text_chars: usize,
+    pub max_k: usize,
+    pub max_inputs: usize,
+    pub cached_jobs: usize,
+    pub device: ComputeDevice,
+    pub precision: ComputePrecision,
+}
+
+impl ApiSettings {
+    pub fn validate(&self) -> Result<()> {
+        let invalid = |key: &'static str, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.to_string(),
+            })
+        };
+        if self.max_body_bytes < 1024 {
+            return invalid("api.max_body_bytes", "must be at least 1024");
+        }
+        if self.max_text_chars == 0 || self.max_text_chars > self.max_body_bytes {
+            return invalid("api.max_text_chars", "must be 1..=api.max_body_bytes");
+        }
+        if !(1..=100_000).contains(&self.max_k) {
+            return invalid("api.max_k", "must be 1..=100000");
+        }
+        if !(1..=100_000).contains(&self.max_inputs) {
+            return invalid("api.max_inputs", "must be 1..=100000");
+        }
+        if self.cached_jobs == 0 {
+            return invalid("api.cached_jobs", "must be at least 1");
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -461,6 +560,8 @@ impl Settings {
             ));
         }
         self.train.validate()?;
+        self.index.validate()?;
+        self.api.validate()?;
         if q.delivery_limit == 0 {
             return Err(invalid("queue.delivery_limit", "must be at least 1"));
         }

@@ -54,6 +54,22 @@ pub fn train_file(job: JobId, name: &str) -> String {
     format!("jobs/{job}/train/{name}")
 }
 
+/// `jobs/{job}/index/embeddings/part-NNNNN.parquet`: the embeddings of one clean part.
+pub fn embedding_part(job: JobId, part: u32) -> String {
+    format!("jobs/{job}/index/embeddings/part-{part:05}.parquet")
+}
+
+/// `jobs/{job}/index/embeddings/`.
+pub fn embeddings_prefix(job: JobId) -> String {
+    format!("jobs/{job}/index/embeddings/")
+}
+
+/// `jobs/{job}/index/{name}`: `vectors.f32`, `hnsw.usearch`, `documents.parquet`, `map.parquet`,
+/// `clusters.parquet`, and `_manifest.json` written last.
+pub fn index_file(job: JobId, name: &str) -> String {
+    format!("jobs/{job}/index/{name}")
+}
+
 /// Prefix of every object of a job.
 pub fn job_prefix(job: JobId) -> String {
     format!("jobs/{job}/")

@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod jobs;
 pub mod keys;
 pub mod messages;
 pub mod metrics;

@@ -108,8 +108,27 @@ pub fn render(registry: &Registry) -> String {
 #[derive(Clone)]
 struct HealthState {
     registry: Registry,
-    queue: Arc<dyn Queue>,
+    queue: Option<Arc<dyn Queue>>,
     store: Arc<dyn ObjectStore>,
+}
+
+/// `/metrics` (the text exposition of `registry`), `/healthz` (alive) and `/readyz` (the broker,
+/// if there is one, and the store reachable): served by every worker, and by the api beside its
+/// own routes.
+pub fn health_routes(
+    registry: Registry,
+    queue: Option<Arc<dyn Queue>>,
+    store: Arc<dyn ObjectStore>,
+) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(HealthState {
+            registry,
+            queue,
+            store,
+        })
 }
 
 /// A bound health/metrics server; [`HealthServer::addr`] is the real port when 0 was asked for.
@@ -132,15 +151,7 @@ impl HealthServer {
             std::io::Error::new(e.kind(), format!("metrics server: bind {addr}: {e}"))
         })?;
         let addr = listener.local_addr()?;
-        let app = Router::new()
-            .route("/metrics", get(metrics))
-            .route("/healthz", get(|| async { "ok\n" }))
-            .route("/readyz", get(readyz))
-            .with_state(HealthState {
-                registry,
-                queue,
-                store,
-            });
+        let app = health_routes(registry, Some(queue), store);
         let task = tokio::spawn(async move {
             let served = axum::serve(listener, app)
                 .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -174,12 +185,20 @@ async fn metrics(State(state): State<HealthState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<HealthState>) -> impl IntoResponse {
-    let (queue, store) = tokio::join!(state.queue.ready(), state.store.ready());
-    let body = format!(
-        "queue: {}\nstore: {}\n",
-        if queue { "ok" } else { "unreachable" },
-        if store { "ok" } else { "unreachable" }
-    );
+    let queue_ready = async {
+        match &state.queue {
+            Some(queue) => Some(queue.ready().await),
+            None => None,
+        }
+    };
+    let (queue, store) = tokio::join!(queue_ready, state.store.ready());
+    let word = |ok: bool| if ok { "ok" } else { "unreachable" };
+    let mut body = String::new();
+    if let Some(queue) = queue {
+        body.push_str(&format!("queue: {}\n", word(queue)));
+    }
+    body.push_str(&format!("store: {}\n", word(store)));
+    let queue = queue.unwrap_or(true);
     let status = if queue && store {
         StatusCode::OK
     } else {

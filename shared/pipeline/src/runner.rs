@@ -429,14 +429,86 @@ pub enum WorkerError {
     Io(#[from] std::io::Error),
 }
 
+type StartWorker = Box<
+    dyn FnOnce(
+            Arc<dyn Queue>,
+            Arc<dyn ObjectStore>,
+            RunnerMetrics,
+            WorkerOptions,
+            CancellationToken,
+        ) -> futures::future::BoxFuture<'static, Result<(), QueueError>>
+        + Send,
+>;
+
+/// The stages one process runs, each a [`Worker`] on its own queue, side by side: most worker
+/// binaries run one stage; the indexer runs three (index fan-out, embed, build), and embedded
+/// mode runs them all.
+#[derive(Default)]
+pub struct Stages {
+    workers: Vec<(&'static str, StartWorker)>,
+}
+
+impl std::fmt::Debug for Stages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.workers.iter().map(|(queue, _)| queue))
+            .finish()
+    }
+}
+
+impl Stages {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `stage`, consuming its task's queue.
+    pub fn with<S: Stage>(mut self, stage: S) -> Self {
+        let start: StartWorker = Box::new(move |queue, store, metrics, options, shutdown| {
+            Box::pin(Worker::new(stage, queue, store, metrics, options).run(shutdown))
+        });
+        self.workers.push((S::Task::QUEUE, start));
+        self
+    }
+
+    /// Runs every stage until `shutdown` is cancelled and each has drained; the first error
+    /// (a queue that cannot be consumed) is returned after all have stopped.
+    pub async fn run(
+        self,
+        queue: Arc<dyn Queue>,
+        store: Arc<dyn ObjectStore>,
+        metrics: RunnerMetrics,
+        options: WorkerOptions,
+        shutdown: CancellationToken,
+    ) -> Result<(), QueueError> {
+        let runs = self.workers.into_iter().map(|(_, start)| {
+            start(
+                queue.clone(),
+                store.clone(),
+                metrics.clone(),
+                options.clone(),
+                shutdown.clone(),
+            )
+        });
+        let results = futures::future::join_all(runs).await;
+        results.into_iter().collect()
+    }
+}
+
+impl<S: Stage> From<S> for Stages {
+    fn from(stage: S) -> Self {
+        Stages::new().with(stage)
+    }
+}
+
 /// Everything a worker binary's `main` needs: opens the queue and store from `settings`, serves
-/// `/metrics`, `/healthz` and `/readyz` (from `registry`, where the stage may have registered its
-/// own metrics), runs `stage` until SIGTERM/SIGINT, drains, and returns.
-pub async fn run_worker<S: Stage>(
+/// `/metrics`, `/healthz` and `/readyz` (from `registry`, where the stages may have registered
+/// their own metrics), runs `stages` until SIGTERM/SIGINT, drains, and returns.
+pub async fn run_worker(
     settings: &Settings,
     registry: Registry,
-    stage: S,
+    stages: impl Into<Stages>,
 ) -> Result<(), WorkerError> {
+    let stages = stages.into();
     let shutdown = crate::shutdown::on_signal();
     let metrics = RunnerMetrics::register(&registry)?;
     let store = store::open(&settings.store).await?;
@@ -454,14 +526,15 @@ pub async fn run_worker<S: Stage>(
         server_stop.clone(),
     )
     .await?;
-    let worker = Worker::new(
-        stage,
-        queue.clone(),
-        store,
-        metrics,
-        WorkerOptions::from_settings(settings),
-    );
-    let result = worker.run(shutdown).await;
+    let result = stages
+        .run(
+            queue.clone(),
+            store,
+            metrics,
+            WorkerOptions::from_settings(settings),
+            shutdown,
+        )
+        .await;
     queue.close().await;
     server_stop.cancel();
     server.stopped().await;

@@ -1,0 +1,131 @@
+//! Every error the api returns is JSON, `{"error": {"code", "message"}}`, with a 4xx status for
+//! anything the request got wrong (the message names the field or the job) and 5xx only for
+//! failures of the service itself (the store unreachable, the encoder gone).
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: `invalid_request`, `malformed_json`, `too_large`, `not_found`,
+    /// `not_ready`, `unavailable`, `internal`.
+    pub code: String,
+    /// What was wrong, naming the field, job or limit.
+    pub message: String,
+}
+
+/// An error with its HTTP status.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// 422: the request parsed but a field's value is not acceptable.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 409: the job exists but has not got that far (no model or index yet).
+    pub fn not_ready(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "not_ready", message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(status = %self.status, message = %self.message, "request failed");
+        }
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+            },
+        };
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let status = rejection.status();
+        let code = match &rejection {
+            _ if status == StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+            JsonRejection::JsonSyntaxError(_) => "malformed_json",
+            JsonRejection::MissingJsonContentType(_) => "invalid_request",
+            _ => "invalid_request",
+        };
+        Self::new(status, code, rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            rejection.body_text(),
+        )
+    }
+}
+
+impl From<medembed_pipeline::store::StoreError> for ApiError {
+    fn from(e: medembed_pipeline::store::StoreError) -> Self {
+        Self::unavailable(format!("object store: {e}"))
+    }
+}
+
+impl From<crate::embedder::EmbedError> for ApiError {
+    fn from(e: crate::embedder::EmbedError) -> Self {
+        match e {
+            crate::embedder::EmbedError::Busy => Self::unavailable(e.to_string()),
+            other => Self::internal(other.to_string()),
+        }
+    }
+}
+
+impl From<medembed_indexer::IndexError> for ApiError {
+    fn from(e: medembed_indexer::IndexError) -> Self {
+        use medembed_indexer::IndexError;
+        match e {
+            IndexError::Missing(m) => Self::not_ready(m),
+            IndexError::Query(m) => Self::invalid(m),
+            IndexError::Store(s) => s.into(),
+            other => Self::internal(other.to_string()),
+        }
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

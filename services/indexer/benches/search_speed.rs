@@ -1,0 +1,99 @@
+//! Search latency of the two index kinds on synthetic 768-dimensional embeddings (a mixture of
+//! 1,000 topics, see `synthetic`): for each corpus size, the exact index (the baseline, measured
+//! in the same run) and the HNSW index with the default settings, one query at a time as the api
+//! searches: p50 and p99 latency, HNSW recall@10 against exact, build time. One JSON line per size.
+//!
+//! `cargo bench -p medembed-indexer --bench search_speed` (sizes: MEDEMBED_BENCH_SIZES, default
+//! `100000,1000000`; 1M vectors need about 12 GiB of memory and a long HNSW build on 2 cores).
+
+use std::time::Instant;
+
+use medembed_indexer::synthetic::mixture;
+use medembed_indexer::vectors::{HnswParams, VectorIndex, recall};
+use medembed_pipeline::config::Settings;
+
+const DIM: usize = 768;
+const QUERIES: usize = 200;
+
+fn percentile(sorted_ms: &[f64], p: f64) -> f64 {
+    let i = ((sorted_ms.len() as f64 - 1.0) * p).round() as usize;
+    sorted_ms[i]
+}
+
+/// Per-query latencies (ms, sorted) and the results.
+fn time_queries(
+    index: &VectorIndex,
+    queries: &[Vec<f32>],
+) -> (Vec<f64>, Vec<Vec<medembed_indexer::vectors::Neighbour>>) {
+    // Warm-up: first touches of the memory.
+    for q in queries.iter().take(5) {
+        index.search(std::slice::from_ref(q), 10).expect("search");
+    }
+    let mut times = Vec::with_capacity(queries.len());
+    let mut results = Vec::with_capacity(queries.len());
+    for q in queries {
+        let started = Instant::now();
+        let found = index.search(std::slice::from_ref(q), 10).expect("search");
+        times.push(started.elapsed().as_secs_f64() * 1e3);
+        results.extend(found);
+    }
+    times.sort_by(f64::total_cmp);
+    (times, results)
+}
+
+fn main() {
+    let settings = Settings::load_with_env(None, Vec::new())
+        .expect("defaults")
+        .index;
+    let params = HnswParams {
+        connectivity: settings.hnsw_connectivity,
+        expansion_add: settings.hnsw_expansion_add,
+        expansion_search: settings.hnsw_expansion_search,
+    };
+    let sizes: Vec<usize> = std::env::var("MEDEMBED_BENCH_SIZES")
+        .unwrap_or_else(|_| "100000,1000000".into())
+        .split(',')
+        .map(|s| {
+            s.trim()
+                .parse()
+                .expect("MEDEMBED_BENCH_SIZES: comma-separated sizes")
+        })
+        .collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let queries = mixture(QUERIES, DIM, 1000, 0.6, 2);
+    let queries: Vec<Vec<f32>> = (0..QUERIES).map(|i| queries.row(i).to_vec()).collect();
+    for n in sizes {
+        let corpus = mixture(n, DIM, 1000, 0.6, 1);
+        let exact = VectorIndex::exact(&corpus);
+        let (exact_ms, truth) = time_queries(&exact, &queries);
+        drop(exact);
+        let started = Instant::now();
+        let hnsw = VectorIndex::build_hnsw(&corpus, params, threads).expect("build");
+        let build_s = started.elapsed().as_secs_f64();
+        let (hnsw_ms, found) = time_queries(&hnsw, &queries);
+        let line = serde_json::json!({
+            "name": "index_search_latency",
+            "vectors": n,
+            "dim": DIM,
+            "queries": QUERIES,
+            "threads": threads,
+            "hnsw": {
+                "p50_ms": percentile(&hnsw_ms, 0.5),
+                "p99_ms": percentile(&hnsw_ms, 0.99),
+                "recall_at_10": recall(&found, &truth),
+                "build_s": build_s,
+                "connectivity": params.connectivity,
+                "expansion_add": params.expansion_add,
+                "expansion_search": params.expansion_search,
+            },
+            "baseline": {
+                "name": "exact (one matrix product per query, libtorch)",
+                "p50_ms": percentile(&exact_ms, 0.5),
+                "p99_ms": percentile(&exact_ms, 0.99),
+            },
+            "hnsw_speedup_p50": percentile(&exact_ms, 0.5) / percentile(&hnsw_ms, 0.5),
+            "peak_rss_mib": medembed_pipeline::testing::peak_rss_mib(),
+        });
+        println!("{line}");
+    }
+}

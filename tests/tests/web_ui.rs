@@ -1,0 +1,332 @@
+//! The web UI in a real headless Chromium (Debian's `chromium` and `chromium-driver`, driven over
+//! WebDriver): each page loads, a search shows ranked results with the searched article first, a
+//! similarity is computed, the map draws its points and a click lists neighbours, and a job
+//! submitted through the form is listed. Screenshots of each page are saved under
+//! `$CARGO_TARGET_TMPDIR/web-ui/` (the test prints where).
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use medembed_api::metrics::ApiMetrics;
+use medembed_api::state::AppState;
+use medembed_e2e::fixture_job::indexed_job;
+use medembed_indexer::search::JobIndex;
+use medembed_pipeline::config::{QueueBackend, StoreBackend};
+use medembed_pipeline::queue::{MemoryQueue, Queue, RetryPolicy};
+use medembed_pipeline::{store, testing};
+
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts chromedriver on a free port and connects a headless Chromium session.
+async fn browser() -> (Driver, Client) {
+    // The driver speaks plain HTTP, but fantoccini's client is built with TLS support, which
+    // wants one process-wide crypto provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let port = medembed_e2e::free_port();
+    let driver = Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver (Debian package chromium-driver; deploy/dev/test installs it)");
+    let driver = Driver(driver);
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000"]
+        }),
+    );
+    let started = Instant::now();
+    loop {
+        match ClientBuilder::rustls()
+            .expect("tls")
+            .capabilities(caps.clone())
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+        {
+            Ok(client) => return (driver, client),
+            Err(e) if started.elapsed() < Duration::from_secs(30) => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("connecting to chromedriver: {e}"),
+        }
+    }
+}
+
+/// Waits until `script` (a JS expression) is truthy.
+async fn wait_for(client: &Client, what: &str, script: &str) {
+    let started = Instant::now();
+    loop {
+        let value = client
+            .execute(&format!("return !!({script});"), vec![])
+            .await
+            .expect("script runs");
+        if value.as_bool() == Some(true) {
+            return;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            let error = client
+                .execute(
+                    "return document.querySelector('#error')?.textContent || '';",
+                    vec![],
+                )
+                .await
+                .unwrap_or_default();
+            panic!("timed out waiting for {what}; page error: {error}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn screenshot(client: &Client, name: &str) {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("web-ui");
+    std::fs::create_dir_all(&dir).expect("screenshot folder");
+    let png = client.screenshot().await.expect("screenshot");
+    let path = dir.join(format!("{name}.png"));
+    std::fs::write(&path, png).expect("write screenshot");
+    println!("screenshot: {}", path.display());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_works_in_headless_chromium() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let settings = testing::dev_settings(
+        &testing::unique("webui"),
+        QueueBackend::Memory,
+        StoreBackend::Local,
+        &dir.path().join("store"),
+        &[("MEDEMBED__FETCH__ARTICLES_PER_PART", "8")],
+    );
+    let store = store::open(&settings.store).await.expect("store");
+    let job = indexed_job(&settings, &store, dir.path()).await;
+    let index = JobIndex::load(store.as_ref(), job, 64)
+        .await
+        .expect("index");
+    let article = index
+        .documents
+        .iter()
+        .find(|d| d.title.chars().count() > 40)
+        .expect("a fixture article with a long title")
+        .clone();
+
+    let queue = Arc::new(MemoryQueue::new(RetryPolicy::from_settings(
+        &settings.queue,
+    )));
+    let state = AppState::new(
+        settings.clone(),
+        store.clone(),
+        Some(queue.clone() as Arc<dyn Queue>),
+        ApiMetrics::register(prometheus::Registry::new()).expect("metrics"),
+        None,
+    )
+    .expect("state");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let app = medembed_api::router(Arc::new(state));
+    tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+
+    let (_driver, client) = browser().await;
+
+    // Search: the article's title finds it first.
+    client.goto(&format!("{base}/")).await.expect("search page");
+    wait_for(
+        &client,
+        "the job picker",
+        "document.querySelector('#job').options.length > 0",
+    )
+    .await;
+    client
+        .find(Locator::Css("#query"))
+        .await
+        .expect("query box")
+        .send_keys(&article.title)
+        .await
+        .expect("type");
+    client
+        .find(Locator::Css("#search-button"))
+        .await
+        .expect("button")
+        .click()
+        .await
+        .expect("click");
+    wait_for(
+        &client,
+        "search results",
+        "document.querySelectorAll('#results li.result').length >= 5",
+    )
+    .await;
+    let first = client
+        .find(Locator::Css("#results li.result"))
+        .await
+        .expect("first result");
+    assert_eq!(
+        first.attr("data-id").await.expect("attr").as_deref(),
+        Some(article.id.as_str())
+    );
+    let scores: Vec<f64> = client
+        .execute(
+            "return [...document.querySelectorAll('#results .score')].map(e => Number(e.textContent));",
+            vec![],
+        )
+        .await
+        .expect("scores")
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|v| v.as_f64().expect("number"))
+        .collect();
+    assert!(
+        scores.windows(2).all(|w| w[0] >= w[1]),
+        "ranked: {scores:?}"
+    );
+    screenshot(&client, "search").await;
+
+    // Similarity: a gauge and a verdict.
+    client
+        .goto(&format!("{base}/similarity"))
+        .await
+        .expect("similarity page");
+    wait_for(
+        &client,
+        "the job picker",
+        "document.querySelector('#job').options.length > 0",
+    )
+    .await;
+    for (field, text) in [
+        ("#text-a", "Checkpoint inhibitors in metastatic melanoma."),
+        ("#text-b", "PD-1 antibodies for advanced melanoma patients."),
+    ] {
+        client
+            .find(Locator::Css(field))
+            .await
+            .expect("textarea")
+            .send_keys(text)
+            .await
+            .expect("type");
+    }
+    client
+        .find(Locator::Css("#compare"))
+        .await
+        .expect("compare")
+        .click()
+        .await
+        .expect("click");
+    wait_for(
+        &client,
+        "a verdict",
+        "document.querySelector('#verdict').textContent.length > 0",
+    )
+    .await;
+    let cosine: f64 = client
+        .find(Locator::Css("#cosine-value"))
+        .await
+        .expect("value")
+        .text()
+        .await
+        .expect("text")
+        .parse()
+        .expect("a number");
+    assert!(cosine > 0.3 && cosine <= 1.0, "{cosine}");
+    screenshot(&client, "similarity").await;
+
+    // Map: points drawn; a click on one lists its neighbours.
+    client.goto(&format!("{base}/map")).await.expect("map page");
+    wait_for(
+        &client,
+        "map points",
+        "Number(document.querySelector('#map').dataset.points) >= 30",
+    )
+    .await;
+    client
+        .execute(
+            r#"const c = document.querySelector('#map'); const p = map.points[0];
+               const [sx, sy] = toScreen(p, c); const r = c.getBoundingClientRect();
+               c.dispatchEvent(new MouseEvent('click', {clientX: r.left + sx * r.width / c.width, clientY: r.top + sy * r.height / c.height, bubbles: true}));"#,
+            vec![],
+        )
+        .await
+        .expect("click a point");
+    wait_for(
+        &client,
+        "neighbours",
+        "document.querySelectorAll('#neighbours li').length >= 5",
+    )
+    .await;
+    wait_for(
+        &client,
+        "a cluster legend",
+        "document.querySelectorAll('#legend li').length >= 2",
+    )
+    .await;
+    screenshot(&client, "map").await;
+
+    // Jobs: the finished job is listed; a job submitted through the form appears.
+    client
+        .goto(&format!("{base}/jobs"))
+        .await
+        .expect("jobs page");
+    wait_for(
+        &client,
+        "the job list",
+        &format!(
+            "document.querySelector('#jobs tr[data-id=\"{job}\"] .state')?.textContent === 'done'"
+        ),
+    )
+    .await;
+    client
+        .find(Locator::Css("#new-query"))
+        .await
+        .expect("query")
+        .send_keys("tuberculosis drug resistance")
+        .await
+        .expect("type");
+    client
+        .find(Locator::Css("#submit-job"))
+        .await
+        .expect("submit")
+        .click()
+        .await
+        .expect("click");
+    wait_for(
+        &client,
+        "the submission",
+        "document.querySelector('#submit-result').textContent.startsWith('queued job')",
+    )
+    .await;
+    wait_for(
+        &client,
+        "the new job listed",
+        "document.querySelectorAll('#jobs tbody tr').length === 2",
+    )
+    .await;
+    assert_eq!(queue.depth("fetch").await.expect("depth"), 1);
+    client
+        .find(Locator::Css(&format!("#jobs tr[data-id=\"{job}\"]")))
+        .await
+        .expect("row")
+        .click()
+        .await
+        .expect("open detail");
+    wait_for(
+        &client,
+        "job detail",
+        "!document.querySelector('#job-detail').hidden",
+    )
+    .await;
+    screenshot(&client, "jobs").await;
+    client.close().await.expect("close");
+}
