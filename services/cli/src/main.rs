@@ -8,9 +8,12 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use medembed_api::metrics::ApiMetrics;
+use medembed_api::state::AppState;
+use medembed_indexer::model::fetch_job_model;
 use medembed_model::SentenceEncoder;
 use medembed_model::hub::Hub;
-use medembed_pipeline::config::{ComputeDevice, QueueBackend, Settings};
+use medembed_pipeline::config::{ComputeDevice, QueueBackend, Settings, StoreBackend};
 use medembed_pipeline::jobs::{self, JobRequest};
 use medembed_pipeline::messages::{Database, JobId, JobSpec};
 use medembed_pipeline::status::{StageState, StageStatus};
@@ -84,9 +87,28 @@ enum Command {
     /// Uses the same encoder as the trainer and the index (length-sorted batches; normalized if
     /// the model says so).
     Embed {
-        /// A model folder (a trained job's `model/`, or any sentence-transformers folder).
+        /// A model folder (any sentence-transformers folder), or a job id (its fine-tuned model,
+        /// fetched from the store).
+        #[arg(long, value_name = "DIR|JOB")]
+        model: String,
+    },
+    /// Search a job's corpus by meaning, with the job's own model (the same code as
+    /// POST /api/search): prints the hits best first.
+    Search {
+        /// What to look for, in plain words.
+        query: String,
+        /// The job to search (default: the newest job whose index is built).
+        #[arg(long)]
+        job: Option<String>,
+        /// How many hits.
+        #[arg(short, long, default_value_t = 10)]
+        k: usize,
+        /// Search the local store of `medembed run` in DIR instead of the configured store.
         #[arg(long, value_name = "DIR")]
-        model: PathBuf,
+        data: Option<PathBuf>,
+        /// Print the hits as one JSON object (as the api returns them).
+        #[arg(long)]
+        json: bool,
     },
     /// Fine-tune a sentence encoder on pair files, without queue or store (the original
     /// project's contrastive_trainer.py). Writes a sentence-transformers model folder with a model
@@ -248,8 +270,16 @@ async fn main() -> anyhow::Result<()> {
             );
         }
         Command::Embed { model } => {
-            let encoder = SentenceEncoder::load(&model, tch::Device::cuda_if_available())
-                .with_context(|| format!("loading the model folder {}", model.display()))?;
+            let cache = tempfile::tempdir().context("a temporary folder")?;
+            let dir = match model.parse::<JobId>() {
+                Ok(job) => {
+                    let store = store::open(&settings.store).await?;
+                    fetch_job_model(store.as_ref(), job, cache.path()).await?
+                }
+                Err(_) => PathBuf::from(&model),
+            };
+            let encoder = SentenceEncoder::load(&dir, tch::Device::cuda_if_available())
+                .with_context(|| format!("loading the model folder {}", dir.display()))?;
             let lines: Vec<String> = std::io::stdin()
                 .lines()
                 .collect::<Result<_, _>>()
@@ -265,11 +295,64 @@ async fn main() -> anyhow::Result<()> {
             }
             std::io::Write::flush(&mut out)?;
         }
+        Command::Search {
+            query,
+            job,
+            k,
+            data,
+            json,
+        } => {
+            let mut settings = settings;
+            if let Some(dir) = data {
+                settings.store.backend = StoreBackend::Local;
+                settings.store.local_root = dir;
+            }
+            search(settings, &query, job.as_deref(), k, json).await?;
+        }
         Command::Status { job: None } => {
             let store = store::open(&settings.store).await?;
             for line in list_jobs(store.as_ref()).await? {
                 println!("{line}");
             }
+        }
+    }
+    Ok(())
+}
+
+/// `medembed search`: the api's search, in this process.
+async fn search(
+    settings: Settings,
+    query: &str,
+    job: Option<&str>,
+    k: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    let store = store::open(&settings.store).await?;
+    let metrics = ApiMetrics::register(prometheus::Registry::new())?;
+    let state = AppState::new(settings, store, None, metrics, None)?;
+    let fail = |e: medembed_api::error::ApiError| anyhow::anyhow!("{}", e.message);
+    if query.trim().is_empty() {
+        bail!("the query is empty");
+    }
+    if k == 0 || k > state.settings.api.max_k {
+        bail!("-k {k}: must be 1..={}", state.settings.api.max_k);
+    }
+    let job = state.job_or_newest(job).await.map_err(fail)?;
+    let hits = medembed_api::routes::search_job(&state, job, query, k)
+        .await
+        .map_err(fail)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "job": job.to_string(), "query": query, "hits": hits })
+        );
+        return Ok(());
+    }
+    println!("job {job}: {} hits for {query:?}", hits.len());
+    for (rank, hit) in hits.iter().enumerate() {
+        println!("{:>3}. {:.3}  {}", rank + 1, hit.score, hit.title);
+        if let Some(url) = &hit.url {
+            println!("            {url}");
         }
     }
     Ok(())
