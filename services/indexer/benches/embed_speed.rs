@@ -64,6 +64,7 @@ fn main() {
     };
     let (auto_rate, auto_vectors) = measure(settings.precision);
     let (fp32_rate, _) = measure(ComputePrecision::Fp32);
+    let (bf16_rate, _) = measure(ComputePrecision::Bf16);
     let ours_rss = peak_rss_mib();
 
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -108,6 +109,7 @@ fn main() {
         "precision": format!("{:?}", settings.precision).to_lowercase(),
         "embeddings_per_s": auto_rate,
         "embeddings_per_s_fp32": fp32_rate,
+        "embeddings_per_s_bf16": bf16_rate,
         "speedup": auto_rate / theirs_rate,
         "speedup_fp32": fp32_rate / theirs_rate,
         "worst_cosine_vs_baseline": worst_cosine,

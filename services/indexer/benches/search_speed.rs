@@ -1,7 +1,9 @@
 //! Search latency of the two index kinds on synthetic 768-dimensional embeddings (a mixture of
 //! 1,000 topics, see `synthetic`): for each corpus size, the exact index (the baseline, measured
 //! in the same run) and the HNSW index with the default settings, one query at a time as the api
-//! searches: p50 and p99 latency, HNSW recall@10 against exact, build time. One JSON line per size.
+//! searches: p50 and p99 latency, HNSW recall@10 against exact, build time. At the first size the
+//! pure-Rust `hnsw_rs` with the same parameters is measured too (the crate not chosen). One JSON
+//! line per size.
 //!
 //! `cargo bench -p medembed-indexer --bench search_speed` (sizes: MEDEMBED_BENCH_SIZES, default
 //! `100000,1000000`; 1M vectors need about 12 GiB of memory and a long HNSW build on 2 cores).
@@ -62,7 +64,7 @@ fn main() {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let queries = mixture(QUERIES, DIM, 1000, 0.6, 2);
     let queries: Vec<Vec<f32>> = (0..QUERIES).map(|i| queries.row(i).to_vec()).collect();
-    for n in sizes {
+    for (i, n) in sizes.into_iter().enumerate() {
         let corpus = mixture(n, DIM, 1000, 0.6, 1);
         let exact = VectorIndex::exact(&corpus);
         let (exact_ms, truth) = time_queries(&exact, &queries);
@@ -71,6 +73,8 @@ fn main() {
         let hnsw = VectorIndex::build_hnsw(&corpus, params, threads).expect("build");
         let build_s = started.elapsed().as_secs_f64();
         let (hnsw_ms, found) = time_queries(&hnsw, &queries);
+        drop(hnsw);
+        let other = (i == 0).then(|| hnsw_rs_figures(&corpus, &queries, &truth, params));
         let line = serde_json::json!({
             "name": "index_search_latency",
             "vectors": n,
@@ -91,9 +95,48 @@ fn main() {
                 "p50_ms": percentile(&exact_ms, 0.5),
                 "p99_ms": percentile(&exact_ms, 0.99),
             },
+            "hnsw_rs_same_parameters": other,
             "hnsw_speedup_p50": percentile(&exact_ms, 0.5) / percentile(&hnsw_ms, 0.5),
             "peak_rss_mib": medembed_pipeline::testing::peak_rss_mib(),
         });
         println!("{line}");
     }
+}
+
+/// The same measurements for `hnsw_rs` (inner-product distance on the unit vectors).
+fn hnsw_rs_figures(
+    corpus: &medembed_indexer::vectors::Vectors,
+    queries: &[Vec<f32>],
+    truth: &[Vec<medembed_indexer::vectors::Neighbour>],
+    params: HnswParams,
+) -> serde_json::Value {
+    use hnsw_rs::prelude::{DistDot, Hnsw};
+    let started = Instant::now();
+    let hnsw: Hnsw<f32, DistDot> =
+        Hnsw::new(params.connectivity, corpus.len(), 16, params.expansion_add, DistDot {});
+    let rows: Vec<(&[f32], usize)> = (0..corpus.len()).map(|r| (corpus.row(r), r)).collect();
+    hnsw.parallel_insert_slice(&rows);
+    let build_s = started.elapsed().as_secs_f64();
+    let mut times = Vec::new();
+    let mut found = Vec::new();
+    for q in queries {
+        let started = Instant::now();
+        let hits = hnsw.search(q, 10, params.expansion_search);
+        times.push(started.elapsed().as_secs_f64() * 1e3);
+        found.push(
+            hits.iter()
+                .map(|h| medembed_indexer::vectors::Neighbour {
+                    row: h.d_id,
+                    score: 1.0 - h.distance,
+                })
+                .collect(),
+        );
+    }
+    times.sort_by(f64::total_cmp);
+    serde_json::json!({
+        "p50_ms": percentile(&times, 0.5),
+        "p99_ms": percentile(&times, 0.99),
+        "recall_at_10": recall(&found, truth),
+        "build_s": build_s,
+    })
 }
