@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use medembed_api::metrics::ApiMetrics;
 use medembed_api::state::AppState;
+use medembed_e2e::api::serve_api;
 use medembed_e2e::fixture_job::indexed_job;
 use medembed_indexer::search::JobIndex;
 use medembed_pipeline::config::{QueueBackend, StoreBackend};
@@ -80,12 +81,8 @@ fn main() {
         }
         let in_process = (rounds * titles.len()) as f64 / started.elapsed().as_secs_f64();
 
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let app = medembed_api::router(state);
-        tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+        let api = serve_api(&settings, store.clone(), None).await;
+        let addr = api.base.trim_start_matches("http://").to_string();
 
         let bodies: Vec<String> = titles
             .iter()

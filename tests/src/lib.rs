@@ -1,6 +1,7 @@
 //! Shared pieces of medembed's end-to-end tests: the `echo` test stage (run as a separate OS
 //! process by the `medembed-test-stage` binary) and helpers to start, signal and probe workers.
 
+pub mod api;
 pub mod fixture_job;
 
 use std::path::Path;

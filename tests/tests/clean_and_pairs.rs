@@ -14,6 +14,7 @@ use medembed_corpus::pairs::{
     pairs_from_batches,
 };
 use medembed_corpus::rows::rows_from_batches;
+use medembed_e2e::fixture_job::fixture_corpus;
 use medembed_fetcher::stage::FetchStage;
 use medembed_pair_builder::stage::PairStage;
 use medembed_pipeline::config::{QueueBackend, Settings, StoreBackend};
@@ -24,21 +25,6 @@ use medembed_pipeline::runner::{Outgoing, Stage, TaskContext};
 use medembed_pipeline::status::{StageState, StageStatus};
 use medembed_pipeline::store::{self, ObjectStore};
 use medembed_pipeline::{keys, messages, table, testing};
-
-/// The fetcher's PubMed and JATS fixtures, copied into one folder (the bulk-file source).
-fn fixture_corpus(dir: &Path) -> std::path::PathBuf {
-    let root = dir.join("corpus");
-    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../services/fetcher/tests/fixtures");
-    for sub in ["pubmed", "jats"] {
-        std::fs::create_dir_all(root.join(sub)).expect("mkdir");
-        for entry in std::fs::read_dir(fixtures.join(sub)).expect("fixtures") {
-            let path = entry.expect("entry").path();
-            std::fs::copy(&path, root.join(sub).join(path.file_name().expect("name")))
-                .expect("copy");
-        }
-    }
-    root
-}
 
 fn settings(prefix: &str, backend: StoreBackend, root: &Path, extra: &[(&str, &str)]) -> Settings {
     // The fixture articles are unrelated papers (no citation between them, MeSH overlap at

@@ -6,8 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use base64::Engine;
-use medembed_api::metrics::ApiMetrics;
-use medembed_api::state::AppState;
+use medembed_e2e::api::{ServedApi, serve_api};
 use medembed_e2e::fixture_job::{IndexStages, cleaned_job, ctx, decoded, minilm_dir};
 use medembed_indexer::build::{IndexManifest, IndexPlan};
 use medembed_indexer::search::JobIndex;
@@ -37,35 +36,22 @@ struct Api {
     base: String,
     client: reqwest::Client,
     queue: Arc<MemoryQueue>,
-    _server: tokio::task::JoinHandle<()>,
+    _served: ServedApi,
 }
 
 impl Api {
     async fn start(settings: &Settings, store: Arc<dyn ObjectStore>) -> Self {
-        let queue = Arc::new(MemoryQueue::new(
-            medembed_pipeline::queue::RetryPolicy::from_settings(&settings.queue),
-        ));
-        let state = AppState::new(
-            settings.clone(),
+        let served = serve_api(
+            settings,
             store,
-            Some(queue.clone() as Arc<dyn Queue>),
-            ApiMetrics::register(prometheus::Registry::new()).expect("metrics"),
             minilm_dir().parent().map(|p| p.to_path_buf()),
         )
-        .expect("state");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let app = medembed_api::router(Arc::new(state));
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app).await.expect("serve");
-        });
+        .await;
         Self {
-            base,
+            base: served.base.clone(),
             client: reqwest::Client::new(),
-            queue,
-            _server: server,
+            queue: served.queue.clone(),
+            _served: served,
         }
     }
 

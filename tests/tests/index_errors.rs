@@ -61,7 +61,10 @@ async fn two_parts(store: &dyn ObjectStore) -> JobId {
             articles: 2,
         });
     }
-    RawManifest::new(job, parts).save(store).await.expect("manifest");
+    RawManifest::new(job, parts)
+        .save(store)
+        .await
+        .expect("manifest");
     job
 }
 
@@ -93,7 +96,13 @@ async fn missing_inputs_are_named() {
     permanent(
         stages
             .embed
-            .process(EmbedTask { job_id: job, part: 0 }, &ctx(&store))
+            .process(
+                EmbedTask {
+                    job_id: job,
+                    part: 0,
+                },
+                &ctx(&store),
+            )
             .await,
         &["_plan.json"],
     );
@@ -131,7 +140,13 @@ async fn corrupt_parts_are_named_and_nothing_is_half_built() {
     permanent(
         stages
             .embed
-            .process(EmbedTask { job_id: job, part: 1 }, &ctx(&store))
+            .process(
+                EmbedTask {
+                    job_id: job,
+                    part: 1,
+                },
+                &ctx(&store),
+            )
             .await,
         &[&clean_key],
     );
@@ -141,7 +156,13 @@ async fn corrupt_parts_are_named_and_nothing_is_half_built() {
     // and the field, and writes no index.
     stages
         .embed
-        .process(EmbedTask { job_id: job, part: 0 }, &ctx(&store))
+        .process(
+            EmbedTask {
+                job_id: job,
+                part: 0,
+            },
+            &ctx(&store),
+        )
         .await
         .expect("part 0");
     let wrong = embeddings_to_batch(
@@ -173,7 +194,13 @@ async fn corrupt_parts_are_named_and_nothing_is_half_built() {
     store.delete(&part1).await.expect("delete");
     stages
         .embed
-        .process(EmbedTask { job_id: job, part: 1 }, &ctx(&store))
+        .process(
+            EmbedTask {
+                job_id: job,
+                part: 1,
+            },
+            &ctx(&store),
+        )
         .await
         .expect("part 1");
     stages

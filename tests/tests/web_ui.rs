@@ -5,16 +5,14 @@
 //! `$CARGO_TARGET_TMPDIR/web-ui/` (the test prints where).
 
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use medembed_api::metrics::ApiMetrics;
-use medembed_api::state::AppState;
+use medembed_e2e::api::serve_api;
 use medembed_e2e::fixture_job::indexed_job;
 use medembed_indexer::search::JobIndex;
 use medembed_pipeline::config::{QueueBackend, StoreBackend};
-use medembed_pipeline::queue::{MemoryQueue, Queue, RetryPolicy};
+use medembed_pipeline::queue::Queue;
 use medembed_pipeline::{store, testing};
 
 struct Driver(Child);
@@ -121,23 +119,8 @@ async fn every_page_works_in_headless_chromium() {
         .expect("a fixture article with a long title")
         .clone();
 
-    let queue = Arc::new(MemoryQueue::new(RetryPolicy::from_settings(
-        &settings.queue,
-    )));
-    let state = AppState::new(
-        settings.clone(),
-        store.clone(),
-        Some(queue.clone() as Arc<dyn Queue>),
-        ApiMetrics::register(prometheus::Registry::new()).expect("metrics"),
-        None,
-    )
-    .expect("state");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let app = medembed_api::router(Arc::new(state));
-    tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+    let api = serve_api(&settings, store.clone(), None).await;
+    let (base, queue) = (api.base.clone(), api.queue.clone());
 
     let (_driver, client) = browser().await;
 

@@ -14,6 +14,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use base64::Engine;
 use medembed_indexer::search::SearchHit;
+use medembed_indexer::tables::{MapPoint, TopicCluster};
 use medembed_pipeline::jobs::{self, JobRequest};
 use medembed_pipeline::messages::{Database, JobId, JobSpec};
 use medembed_pipeline::status::{StageState, StageStatus};
@@ -80,40 +81,12 @@ pub struct SearchRequest {
     pub job: Option<String>,
 }
 
-/// One ranked article.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Hit {
-    pub id: String,
-    pub pmid: Option<String>,
-    pub pmcid: Option<String>,
-    pub title: String,
-    /// Cosine similarity with the query (-1..1).
-    pub score: f32,
-    pub snippet: String,
-    /// The article on PMC, PubMed or doi.org.
-    pub url: Option<String>,
-}
-
-impl From<SearchHit> for Hit {
-    fn from(h: SearchHit) -> Self {
-        Self {
-            id: h.id,
-            pmid: h.pmid,
-            pmcid: h.pmcid,
-            title: h.title,
-            score: h.score,
-            snippet: h.snippet,
-            url: h.url,
-        }
-    }
-}
-
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SearchResponse {
     pub job: String,
     pub query: String,
     pub took_ms: f64,
-    pub hits: Vec<Hit>,
+    pub hits: Vec<SearchHit>,
 }
 
 /// Semantic search over a job's corpus with the job's own model.
@@ -144,7 +117,7 @@ pub async fn search(
         job: job.to_string(),
         query: request.query,
         took_ms: started.elapsed().as_secs_f64() * 1e3,
-        hits: hits.into_iter().map(Hit::from).collect(),
+        hits,
     }))
 }
 
@@ -241,31 +214,10 @@ pub struct JobQuery {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct MapPoint {
-    pub id: String,
-    pub title: String,
-    /// The article's main MeSH descriptor (or keyword).
-    pub descriptor: String,
-    pub cluster: u32,
-    pub x: f32,
-    pub y: f32,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Cluster {
-    pub cluster: u32,
-    pub size: u64,
-    /// Its most over-represented MeSH descriptors / keywords.
-    pub labels: Vec<String>,
-    pub x: f32,
-    pub y: f32,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
 pub struct MapResponse {
     pub job: String,
     pub points: Vec<MapPoint>,
-    pub clusters: Vec<Cluster>,
+    pub clusters: Vec<TopicCluster>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -273,21 +225,7 @@ pub struct ClustersResponse {
     pub job: String,
     /// Silhouette of the clustering when k was chosen by it.
     pub silhouette: Option<f64>,
-    pub clusters: Vec<Cluster>,
-}
-
-fn clusters_of(index: &medembed_indexer::search::JobIndex) -> Vec<Cluster> {
-    index
-        .clusters
-        .iter()
-        .map(|c| Cluster {
-            cluster: c.cluster,
-            size: c.size,
-            labels: c.labels.clone(),
-            x: c.x,
-            y: c.y,
-        })
-        .collect()
+    pub clusters: Vec<TopicCluster>,
 }
 
 async fn indexed_job(
@@ -316,19 +254,8 @@ pub async fn map(
     let index = loaded.index.as_ref().expect("indexed() checked");
     Ok(Json(MapResponse {
         job: job.to_string(),
-        points: index
-            .map
-            .iter()
-            .map(|p| MapPoint {
-                id: p.id.clone(),
-                title: p.title.clone(),
-                descriptor: p.descriptor.clone(),
-                cluster: p.cluster,
-                x: p.x,
-                y: p.y,
-            })
-            .collect(),
-        clusters: clusters_of(index),
+        points: index.map.clone(),
+        clusters: index.clusters.clone(),
     }))
 }
 
@@ -350,7 +277,7 @@ pub async fn clusters(
     Ok(Json(ClustersResponse {
         job: job.to_string(),
         silhouette: index.manifest.silhouette,
-        clusters: clusters_of(index),
+        clusters: index.clusters.clone(),
     }))
 }
 
@@ -369,7 +296,7 @@ pub struct NeighboursQuery {
 pub struct NeighboursResponse {
     pub job: String,
     pub id: String,
-    pub hits: Vec<Hit>,
+    pub hits: Vec<SearchHit>,
 }
 
 /// The articles nearest to one article of the corpus.
@@ -401,7 +328,7 @@ pub async fn neighbours(
     Ok(Json(NeighboursResponse {
         job: job.to_string(),
         id: query.id,
-        hits: hits.into_iter().map(Hit::from).collect(),
+        hits,
     }))
 }
 

@@ -112,8 +112,13 @@ fn hnsw_rs_figures(
 ) -> serde_json::Value {
     use hnsw_rs::prelude::{DistDot, Hnsw};
     let started = Instant::now();
-    let hnsw: Hnsw<f32, DistDot> =
-        Hnsw::new(params.connectivity, corpus.len(), 16, params.expansion_add, DistDot {});
+    let hnsw: Hnsw<f32, DistDot> = Hnsw::new(
+        params.connectivity,
+        corpus.len(),
+        16,
+        params.expansion_add,
+        DistDot {},
+    );
     let rows: Vec<(&[f32], usize)> = (0..corpus.len()).map(|r| (corpus.row(r), r)).collect();
     hnsw.parallel_insert_slice(&rows);
     let build_s = started.elapsed().as_secs_f64();

@@ -17,15 +17,16 @@ use crate::vectors::{IndexKind, Neighbour, VectorIndex, Vectors};
 use crate::{IndexError, Result};
 
 /// One search result as users see it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct SearchHit {
     pub id: String,
     pub pmid: Option<String>,
     pub pmcid: Option<String>,
     pub title: String,
-    /// Cosine similarity with the query.
+    /// Cosine similarity with the query (-1..1).
     pub score: f32,
     pub snippet: String,
+    /// The article on PMC, PubMed or doi.org.
     pub url: Option<String>,
 }
 

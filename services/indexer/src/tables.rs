@@ -214,7 +214,7 @@ pub fn document_schema() -> Arc<Schema> {
 }
 
 /// One point of the 2-D map.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MapPoint {
     pub id: String,
     pub title: String,
@@ -238,7 +238,7 @@ pub fn map_schema() -> Arc<Schema> {
 }
 
 /// A topic cluster.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TopicCluster {
     pub cluster: u32,
     pub size: u64,
