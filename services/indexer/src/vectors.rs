@@ -378,8 +378,17 @@ mod tests {
         let truth = exact.search(&queries, 10).expect("exact");
         let found = hnsw.search(&queries, 10).expect("hnsw");
         assert!(recall(&found, &truth) > 0.95, "{}", recall(&found, &truth));
-        // Each query is a corpus row: it finds itself first.
-        assert!(found.iter().enumerate().all(|(i, f)| f[0].row == i * 13));
+        // Each query is a corpus row: it finds itself first, nearly always (the graph is
+        // approximate, and built by two threads in no fixed order).
+        let itself = found
+            .iter()
+            .enumerate()
+            .filter(|(i, f)| f[0].row == i * 13)
+            .count();
+        assert!(
+            itself >= 45,
+            "{itself} of 50 queries found themselves first"
+        );
         let bytes = hnsw.hnsw_bytes().expect("save").expect("hnsw has bytes");
         let loaded = VectorIndex::load_hnsw(&bytes, 32, params).expect("load");
         assert_eq!(loaded.len(), 2000);
