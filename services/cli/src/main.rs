@@ -1,10 +1,16 @@
-//! `medembed`: submit collection jobs and follow them.
+//! `medembed`: run the whole pipeline in one process, or submit collection jobs to the workers
+//! and follow them.
 //!
-//! `submit` writes `jobs/{job}/job.json` and queues the job's fetch task; `status` reads what each
-//! stage reports in `jobs/{job}/status/`. Both use the same settings as the workers (defaults →
-//! `--config FILE` → `MEDEMBED__…` environment), so they reach the same broker and store.
+//! `run` is embedded mode (see [`run`]); `submit` writes `jobs/{job}/job.json` and queues the
+//! job's fetch task; `status` and `watch` read what each stage reports in `jobs/{job}/status/`.
+//! All use the same settings as the workers (defaults → `--config FILE` → `MEDEMBED__…`
+//! environment), so they reach the same broker and store.
+
+mod progress;
+mod run;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -15,15 +21,12 @@ use medembed_model::SentenceEncoder;
 use medembed_model::hub::Hub;
 use medembed_pipeline::config::{ComputeDevice, QueueBackend, Settings, StoreBackend};
 use medembed_pipeline::jobs::{self, JobRequest};
-use medembed_pipeline::messages::{Database, JobId, JobSpec};
-use medembed_pipeline::status::{StageState, StageStatus};
+use medembed_pipeline::messages::{Database, JobId, JobSpec, QUEUES};
+use medembed_pipeline::status::StageStatus;
 use medembed_pipeline::store::{ObjectStore, StoreError};
 use medembed_pipeline::{keys, queue, store};
 use medembed_trainer::standalone::{ProgressLines, StandaloneJob};
 use tokio_util::sync::CancellationToken;
-
-/// The stages in pipeline order, as they report in `jobs/{job}/status/`.
-const STAGES: &[&str] = &["fetch", "clean", "pairs", "train", "index"];
 
 /// medembed: from a biomedical literature query to a fine-tuned embedding model and a semantic
 /// search index. Settings: compiled-in defaults, then --config FILE, then MEDEMBED__SECTION__KEY
@@ -39,7 +42,7 @@ struct Cli {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-enum Db {
+pub(crate) enum Db {
     /// PubMed Central: full texts (JATS).
     Pmc,
     /// PubMed: abstracts with MeSH terms.
@@ -48,6 +51,12 @@ enum Db {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The main job, with no servers: collect articles for a query, clean them, build training
+    /// pairs, fine-tune the base model and index the corpus, all in this process (in-process
+    /// queue, local store in --data). Shows progress per stage and ends with a summary. Ctrl-C
+    /// stops cleanly; the same command again resumes the job. Offline with the sample corpus:
+    /// `medembed run --source files:samples/corpus --base-model .deps/all-MiniLM-L6-v2`.
+    Run(run::RunArgs),
     /// Create a collection job and queue it for the workers; prints the job id.
     Submit {
         /// The literature query, in PubMed search syntax (e.g. "cancer immunotherapy").
@@ -80,8 +89,30 @@ enum Command {
     /// Show each stage of a job: state, progress, counts, timings, last error. Without a job id,
     /// list the jobs, newest last.
     Status {
-        /// The job id printed by `submit`.
+        /// The job id printed by `submit` or `run`.
         job: Option<String>,
+        /// Read the local store of `medembed run` in DIR instead of the configured store.
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
+    },
+    /// Follow a job live: one progress bar per stage, until it is done (exit 0) or a stage
+    /// fails (exit 1). Works for embedded and distributed jobs alike (it reads the store).
+    Watch {
+        /// The job id printed by `submit` or `run`.
+        job: String,
+        /// Read the local store of `medembed run` in DIR instead of the configured store.
+        #[arg(long, value_name = "DIR")]
+        data: Option<PathBuf>,
+        /// Seconds between looks at the store.
+        #[arg(long, default_value_t = 1.0)]
+        every: f64,
+    },
+    /// Tasks parked in the stages' dead-letter queues (`<stage>.dead`): a permanent error, a
+    /// poison message, or retries used up. `list` shows them with the reason; `requeue` puts them
+    /// back on their stage's queue (attempts counted afresh) once the cause is fixed.
+    DeadLetters {
+        #[command(subcommand)]
+        action: DeadLetterAction,
     },
     /// Embed text: one line of stdin in, one JSON array (the embedding) per line out, in order.
     /// Uses the same encoder as the trainer and the index (length-sorted batches; normalized if
@@ -153,6 +184,28 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum DeadLetterAction {
+    /// Show the parked tasks of every stage (or one), oldest first; they stay parked.
+    List {
+        /// Only this stage's queue (fetch, clean, pairs, train, index, embed, build).
+        #[arg(long)]
+        stage: Option<String>,
+        /// Most tasks shown per stage.
+        #[arg(long, default_value_t = 100)]
+        max: usize,
+    },
+    /// Move parked tasks back to their stage's queue.
+    Requeue {
+        /// Only this stage's queue.
+        #[arg(long)]
+        stage: Option<String>,
+        /// Most tasks moved per stage.
+        #[arg(long, default_value_t = 10_000)]
+        max: usize,
+    },
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -192,10 +245,22 @@ async fn main() -> anyhow::Result<()> {
             submit(&settings, &spec).await?;
             println!("{}", spec.job_id);
         }
-        Command::Status { job: Some(job) } => {
+        Command::Run(args) => run::run(settings, args).await?,
+        Command::Status {
+            job: Some(job),
+            data,
+        } => {
             let job: JobId = job.parse().context("not a job id")?;
-            let store = store::open(&settings.store).await?;
+            let store = store::open(&with_data_dir(settings, data).store).await?;
             print!("{}", status_report(store.as_ref(), job).await?);
+        }
+        Command::Watch { job, data, every } => {
+            let job: JobId = job.parse().context("not a job id")?;
+            if !(0.05..=3600.0).contains(&every) {
+                bail!("--every {every}: must be 0.05..=3600 seconds");
+            }
+            let store = store::open(&with_data_dir(settings, data).store).await?;
+            watch(store.as_ref(), job, Duration::from_secs_f64(every)).await?;
         }
         Command::Train {
             train,
@@ -269,6 +334,7 @@ async fn main() -> anyhow::Result<()> {
                 metrics.best_step
             );
         }
+        Command::DeadLetters { action } => dead_letters(&settings, action).await?,
         Command::Embed { model } => {
             let cache = tempfile::tempdir().context("a temporary folder")?;
             let dir = match model.parse::<JobId>() {
@@ -302,21 +368,118 @@ async fn main() -> anyhow::Result<()> {
             data,
             json,
         } => {
-            let mut settings = settings;
-            if let Some(dir) = data {
-                settings.store.backend = StoreBackend::Local;
-                settings.store.local_root = dir;
-            }
-            search(settings, &query, job.as_deref(), k, json).await?;
+            search(
+                with_data_dir(settings, data),
+                &query,
+                job.as_deref(),
+                k,
+                json,
+            )
+            .await?;
         }
-        Command::Status { job: None } => {
-            let store = store::open(&settings.store).await?;
+        Command::Status { job: None, data } => {
+            let store = store::open(&with_data_dir(settings, data).store).await?;
             for line in list_jobs(store.as_ref()).await? {
                 println!("{line}");
             }
         }
     }
     Ok(())
+}
+
+/// `medembed dead-letters list|requeue`.
+async fn dead_letters(settings: &Settings, action: DeadLetterAction) -> anyhow::Result<()> {
+    if settings.queue.backend == QueueBackend::Memory {
+        bail!(
+            "dead letters live on RabbitMQ, but queue.backend is \"memory\" (embedded runs stop at the first dead letter and print it)"
+        );
+    }
+    let (stage, max) = match &action {
+        DeadLetterAction::List { stage, max } | DeadLetterAction::Requeue { stage, max } => {
+            (stage.as_deref(), *max)
+        }
+    };
+    let stages: Vec<&str> = match stage {
+        Some(s) if QUEUES.contains(&s) => vec![s],
+        Some(s) => bail!(
+            "--stage {s:?}: not a stage queue (one of {})",
+            QUEUES.join(", ")
+        ),
+        None => QUEUES.to_vec(),
+    };
+    let queue = queue::open(&settings.queue).await?;
+    let mut total = 0;
+    for stage in stages {
+        match action {
+            DeadLetterAction::List { .. } => {
+                for letter in queue.peek_dead_letters(stage, max).await? {
+                    total += 1;
+                    println!(
+                        "{stage:<6} attempt {}  {}\n       reason: {}",
+                        letter.attempt,
+                        String::from_utf8_lossy(&letter.body),
+                        letter.reason
+                    );
+                }
+            }
+            DeadLetterAction::Requeue { .. } => {
+                // Copy first, then remove the copied ones (the oldest): a failure in between
+                // leaves a task both queued and parked (tasks are idempotent), never neither.
+                let parked = queue.peek_dead_letters(stage, max).await?;
+                for letter in &parked {
+                    queue.publish(stage, &letter.body).await?;
+                }
+                queue.take_dead_letters(stage, parked.len()).await?;
+                total += parked.len();
+            }
+        }
+    }
+    queue.close().await;
+    match action {
+        DeadLetterAction::List { .. } => eprintln!("{total} dead-lettered task(s)"),
+        DeadLetterAction::Requeue { .. } => eprintln!("{total} task(s) requeued"),
+    }
+    Ok(())
+}
+
+/// `settings` reading the local store of `medembed run` in `data`, if given.
+fn with_data_dir(mut settings: Settings, data: Option<PathBuf>) -> Settings {
+    if let Some(dir) = data {
+        settings.store.backend = StoreBackend::Local;
+        settings.store.local_root = dir;
+    }
+    settings
+}
+
+/// `medembed watch`: redraws the job's stages every `every` until it is done or failed.
+async fn watch(store: &dyn ObjectStore, job: JobId, every: Duration) -> anyhow::Result<()> {
+    let Some(spec) = jobs::load_spec(store, job).await? else {
+        bail!("job {job} does not exist in this store");
+    };
+    eprintln!("job {job}  {:?}", spec.query);
+    let mut bars = progress::JobProgress::new();
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let snapshot = progress::Snapshot::load(store, job).await?;
+        bars.update(&snapshot, None);
+        if snapshot.done() {
+            bars.finish();
+            println!("job {job} done");
+            return Ok(());
+        }
+        if let Some(reason) = snapshot.failed {
+            bars.finish();
+            bail!("job {job} failed: {reason}");
+        }
+        tokio::select! {
+            _ = &mut ctrl_c => {
+                bars.finish();
+                return Ok(());
+            }
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
 }
 
 /// `medembed search`: the api's search, in this process.
@@ -395,14 +558,9 @@ async fn status_report(store: &dyn ObjectStore, job: JobId) -> anyhow::Result<St
         spec.max_articles,
         spec.source
     );
-    for stage in STAGES {
+    for stage in progress::STAGES {
         let s = StageStatus::load(store, job, stage).await?;
-        let state = match s.state {
-            StageState::Pending => "pending",
-            StageState::Running => "running",
-            StageState::Done => "done",
-            StageState::Failed => "FAILED",
-        };
+        let state = progress::state_word(s.state);
         let progress = if s.total > 0 {
             format!("  {}/{} {}", s.done, s.total, s.unit)
         } else {

@@ -255,6 +255,17 @@ job_task!(
     BuildIndexCheck, "build"
 );
 
+/// Every task queue, in pipeline order (the indexer's three last).
+pub const QUEUES: [&str; 7] = [
+    FetchTask::QUEUE,
+    CleanTask::QUEUE,
+    PairsCheck::QUEUE,
+    TrainTask::QUEUE,
+    IndexTask::QUEUE,
+    EmbedTask::QUEUE,
+    BuildIndexCheck::QUEUE,
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -330,6 +330,7 @@ impl<S: Stage> Shared<S> {
     async fn publish_all(&self, outputs: Vec<Outgoing>) -> Result<(), StageError> {
         for out in outputs {
             self.queue.publish(out.queue, &out.body).await?;
+            tracing::info!(queue = out.queue, "task published");
         }
         Ok(())
     }
@@ -338,7 +339,16 @@ impl<S: Stage> Shared<S> {
         let name = S::Task::QUEUE;
         let attempt = delivery.attempt;
         let (label, settled) = match result {
-            Ok(()) => (outcome::OK, delivery.ack().await),
+            Ok(()) => {
+                let acked = delivery.ack().await;
+                if acked.is_ok() {
+                    tracing::info!(
+                        duration_ms = started.elapsed().as_millis() as u64,
+                        "task done"
+                    );
+                }
+                (outcome::OK, acked)
+            }
             Err(StageError::Retryable(reason)) if self.retry.allows_retry_after(attempt) => {
                 let delay = self.retry.delay_after(attempt);
                 tracing::warn!(error = %reason, retry_in_ms = delay.as_millis() as u64, "task failed; will retry");
@@ -467,6 +477,12 @@ impl Stages {
             Box::pin(Worker::new(stage, queue, store, metrics, options).run(shutdown))
         });
         self.workers.push((S::Task::QUEUE, start));
+        self
+    }
+
+    /// Adds every stage of `other` (embedded mode: all the workers' stages in one process).
+    pub fn and(mut self, other: Stages) -> Self {
+        self.workers.extend(other.workers);
         self
     }
 

@@ -408,6 +408,48 @@ impl AmqpQueue {
     }
 
     /// Full broker-side name of a stage queue (for operators and tests).
+    /// Up to `max` messages of `queue`'s dead-letter queue, oldest first; removed when `take`,
+    /// else left in place (unacknowledged, they return when the channel closes).
+    async fn read_dead_letters(
+        &self,
+        queue: &str,
+        max: usize,
+        take: bool,
+    ) -> Result<Vec<DeadLetter>> {
+        let connection = self.inner.declare_with_retry(queue).await?;
+        let dead = format!("{}.dead", self.inner.full_name(queue));
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| unavailable(&dead, e))?;
+        let mut out = Vec::new();
+        while out.len() < max {
+            let got = channel
+                .basic_get(dead.as_str().into(), BasicGetOptions::default())
+                .await
+                .map_err(|e| unavailable(&dead, e))?;
+            let Some(message) = got else { break };
+            let delivery = &message.delivery;
+            let props = &delivery.properties;
+            out.push(DeadLetter {
+                body: delivery.data.clone(),
+                reason: header_string(props, HEADER_ERROR)
+                    .or_else(|| x_death_reason(props))
+                    .unwrap_or_else(|| "unknown".to_string()),
+                attempt: header_u32(props, HEADER_ATTEMPT).unwrap_or(1),
+            });
+            if take {
+                delivery
+                    .acker
+                    .ack(lapin::options::BasicAckOptions::default())
+                    .await
+                    .map_err(|e| unavailable(&dead, e))?;
+            }
+        }
+        let _ = channel.close(200, "done".into()).await;
+        Ok(out)
+    }
+
     pub fn broker_name(&self, queue: &str) -> String {
         self.inner.full_name(queue)
     }
@@ -486,36 +528,11 @@ impl Queue for AmqpQueue {
     }
 
     async fn take_dead_letters(&self, queue: &str, max: usize) -> Result<Vec<DeadLetter>> {
-        let connection = self.inner.declare_with_retry(queue).await?;
-        let dead = format!("{}.dead", self.inner.full_name(queue));
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(|e| unavailable(&dead, e))?;
-        let mut out = Vec::new();
-        while out.len() < max {
-            let got = channel
-                .basic_get(dead.as_str().into(), BasicGetOptions::default())
-                .await
-                .map_err(|e| unavailable(&dead, e))?;
-            let Some(message) = got else { break };
-            let delivery = &message.delivery;
-            let props = &delivery.properties;
-            out.push(DeadLetter {
-                body: delivery.data.clone(),
-                reason: header_string(props, HEADER_ERROR)
-                    .or_else(|| x_death_reason(props))
-                    .unwrap_or_else(|| "unknown".to_string()),
-                attempt: header_u32(props, HEADER_ATTEMPT).unwrap_or(1),
-            });
-            delivery
-                .acker
-                .ack(lapin::options::BasicAckOptions::default())
-                .await
-                .map_err(|e| unavailable(&dead, e))?;
-        }
-        let _ = channel.close(200, "done".into()).await;
-        Ok(out)
+        self.read_dead_letters(queue, max, true).await
+    }
+
+    async fn peek_dead_letters(&self, queue: &str, max: usize) -> Result<Vec<DeadLetter>> {
+        self.read_dead_letters(queue, max, false).await
     }
 
     async fn ready(&self) -> bool {

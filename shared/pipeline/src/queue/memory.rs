@@ -109,6 +109,12 @@ impl Queue for MemoryQueue {
         }))
     }
 
+    async fn peek_dead_letters(&self, queue: &str, max: usize) -> Result<Vec<DeadLetter>> {
+        Ok(self
+            .inner
+            .with_queue(queue, |q| q.dead.iter().take(max).cloned().collect()))
+    }
+
     async fn ready(&self) -> bool {
         !self.inner.closed.is_cancelled()
     }

@@ -104,6 +104,8 @@ pub trait Queue: Send + Sync + std::fmt::Debug {
     async fn depth(&self, queue: &str) -> Result<u64>;
     /// Takes up to `max` messages off the queue's dead-letter queue.
     async fn take_dead_letters(&self, queue: &str, max: usize) -> Result<Vec<DeadLetter>>;
+    /// Up to `max` messages of the queue's dead-letter queue, left where they are.
+    async fn peek_dead_letters(&self, queue: &str, max: usize) -> Result<Vec<DeadLetter>>;
     /// Whether the broker is reachable now (for `/readyz`).
     async fn ready(&self) -> bool;
     /// Closes connections; unsettled deliveries go back to their queues.
