@@ -2,7 +2,9 @@
 //! process by the `medembed-test-stage` binary) and helpers to start, signal and probe workers.
 
 pub mod api;
+pub mod deployment;
 pub mod fixture_job;
+pub mod prometheus;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

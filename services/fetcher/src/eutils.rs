@@ -95,6 +95,8 @@ pub struct EutilsMetrics {
     pub requests: IntCounterVec,
     pub retries: IntCounterVec,
     pub duration: HistogramVec,
+    /// The request rate this process holds itself to (for dashboards: rate vs limit).
+    pub rate_limit: prometheus::Gauge,
 }
 
 impl EutilsMetrics {
@@ -121,11 +123,19 @@ impl EutilsMetrics {
             .buckets(vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0]),
             &["endpoint"],
         )?;
+        let rate_limit = prometheus::Gauge::new(
+            "medembed_eutils_rate_limit_per_second",
+            "E-utilities requests per second this process allows itself (NCBI: 3, or 10 with a key).",
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(retries.clone()))?;
         registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(rate_limit.clone()))?;
+        // Series exist from the start (at zero), so dashboards and alerts see them before the
+        // first request.
         for endpoint in ["esearch", "efetch", "elink"] {
             duration.with_label_values(&[endpoint]);
+            requests.with_label_values(&[endpoint, "200"]);
         }
         for reason in ["http_429", "http_5xx", "rate_limit_body", "transport"] {
             retries.with_label_values(&[reason]);
@@ -134,6 +144,7 @@ impl EutilsMetrics {
             requests,
             retries,
             duration,
+            rate_limit,
         })
     }
 }

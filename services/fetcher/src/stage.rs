@@ -74,6 +74,9 @@ impl FetchStage {
     pub fn new(settings: &Settings, registry: &Registry) -> prometheus::Result<Self> {
         let limiter = Arc::new(RateLimiter::new(settings.ncbi.effective_rate()));
         let eutils_metrics = EutilsMetrics::register(registry)?;
+        eutils_metrics
+            .rate_limit
+            .set(settings.ncbi.effective_rate());
         Ok(Self {
             client: EutilsClient::new(&settings.ncbi, limiter, Some(eutils_metrics)),
             efetch_batch: settings.ncbi.efetch_batch,

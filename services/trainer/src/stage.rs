@@ -79,6 +79,13 @@ impl TrainMetrics {
         registry.register(Box::new(pairs.clone()))?;
         registry.register(Box::new(step_duration.clone()))?;
         registry.register(Box::new(eval_ndcg.clone()))?;
+        // The series exist from the start, as NaN ("not evaluated yet", which dashboards show
+        // as no value), so that a dashboard's query never names a metric that is absent.
+        for split in ["val", "test"] {
+            for model in ["base", "tuned"] {
+                eval_ndcg.with_label_values(&[split, model]).set(f64::NAN);
+            }
+        }
         Ok(Self {
             loss,
             pairs,

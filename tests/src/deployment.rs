@@ -1,0 +1,252 @@
+//! A whole distributed deployment on this machine: the five worker binaries and medembed-api as
+//! separate OS processes over the dev RabbitMQ and Garage, each with its own log, under one
+//! queue and store prefix of their own. Tests start, kill and restart processes, submit jobs
+//! over HTTP and read what the workers wrote.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use medembed_pipeline::config::{QueueBackend, Settings, StoreBackend};
+use medembed_pipeline::messages::JobId;
+use medembed_pipeline::queue::{self, Queue};
+use medembed_pipeline::status::{StageState, StageStatus};
+use medembed_pipeline::store::{self, ObjectStore};
+use medembed_pipeline::testing;
+
+use crate::{free_port, wait_exit};
+
+/// The worker binaries, in pipeline order.
+pub const WORKERS: [&str; 5] = [
+    "medembed-fetcher",
+    "medembed-cleaner",
+    "medembed-pair-builder",
+    "medembed-trainer",
+    "medembed-indexer",
+];
+pub const API: &str = "medembed-api";
+
+/// A workspace binary built next to this test executable (`cargo test --workspace` builds
+/// them all).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's path");
+    // target/<profile>/deps/<test>-<hash> → target/<profile>/<name>
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .join(name);
+    assert!(
+        path.is_file(),
+        "{} is not built: run `cargo build --workspace --bins` (cargo test --workspace builds it)",
+        path.display()
+    );
+    path
+}
+
+/// The sample corpus that ships with the project (`samples/corpus`).
+pub fn sample_corpus() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples/corpus")
+}
+
+/// The processes of one deployment, killed when it is dropped.
+#[derive(Debug)]
+pub struct Deployment {
+    pub env: Vec<(String, String)>,
+    pub settings: Settings,
+    /// The test's own handles on the deployment's queue and store.
+    pub queue: Arc<dyn Queue>,
+    pub store: Arc<dyn ObjectStore>,
+    pub api_port: u16,
+    pub dir: tempfile::TempDir,
+    /// The `/metrics` port of every process started, by binary (the api's is `api_port`).
+    pub metrics_ports: BTreeMap<String, Vec<u16>>,
+    processes: BTreeMap<String, Vec<Child>>,
+}
+
+impl Deployment {
+    /// A deployment named `name` (its queue and store prefix is unique), with `extra`
+    /// `MEDEMBED__…` settings for every process.
+    pub async fn new(name: &str, extra: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut env = testing::dev_env(
+            &testing::unique(name),
+            QueueBackend::Amqp,
+            StoreBackend::S3,
+            dir.path(),
+        );
+        env.push(("MEDEMBED__LOG__FORMAT".into(), "json".into()));
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let settings = Settings::load_with_env(None, env.clone()).expect("settings");
+        let queue = queue::open(&settings.queue).await.expect("queue");
+        for name in medembed_pipeline::messages::QUEUES {
+            queue.declare(name).await.expect("declare");
+        }
+        let store = store::open(&settings.store).await.expect("store");
+        Self {
+            env,
+            settings,
+            queue,
+            store,
+            api_port: free_port(),
+            dir,
+            metrics_ports: BTreeMap::new(),
+            processes: BTreeMap::new(),
+        }
+    }
+
+    /// Starts one more process of `bin` (a worker, or the api on `api_port`).
+    pub fn start(&mut self, bin: &str) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(bin))
+            .expect("log file");
+        let port = if bin == API {
+            self.api_port
+        } else {
+            free_port()
+        };
+        let mut cmd = Command::new(binary(bin));
+        cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("RUST_LOG", "info,lapin=warn,aws=warn,hyper=warn")
+            .env("MEDEMBED__SERVER__LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(log);
+        if bin == API {
+            cmd.arg("--listen").arg(format!("127.0.0.1:{port}"));
+        }
+        self.metrics_ports
+            .entry(bin.to_string())
+            .or_default()
+            .push(port);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("start {bin}: {e}"));
+        self.processes
+            .entry(bin.to_string())
+            .or_default()
+            .push(child);
+    }
+
+    /// Starts every worker and the api.
+    pub fn start_all(&mut self) {
+        for bin in WORKERS {
+            self.start(bin);
+        }
+        self.start(API);
+    }
+
+    /// SIGKILLs every process of `bin` and waits for them to be gone.
+    pub fn kill(&mut self, bin: &str) {
+        for mut child in self.processes.remove(bin).unwrap_or_default() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERMs every process and waits for them to drain and exit (SIGKILL after 60 s).
+    pub fn stop_all(&mut self) {
+        for children in self.processes.values() {
+            for child in children {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &child.id().to_string()])
+                    .status();
+            }
+        }
+        for (_, children) in std::mem::take(&mut self.processes) {
+            for mut child in children {
+                if wait_exit(&mut child, Duration::from_secs(60)).is_none() {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+        }
+    }
+
+    pub fn log_path(&self, bin: &str) -> PathBuf {
+        self.dir.path().join(format!("{bin}.log"))
+    }
+
+    /// The JSON log records of every process of `bin` so far (lines that are not JSON are
+    /// skipped: a process killed mid-line).
+    pub fn log_records(&self, bin: &str) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.log_path(bin))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The last lines of every log, for a failing assertion's message.
+    pub fn log_tails(&self) -> String {
+        let mut out = String::new();
+        for bin in WORKERS.iter().chain([&API]) {
+            let text = std::fs::read_to_string(self.log_path(bin)).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&format!("--- {bin} ---\n"));
+            for line in &lines[lines.len().saturating_sub(15)..] {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    pub fn api(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.api_port)
+    }
+
+    /// Submits a job through `POST /api/jobs` (retrying while the api starts); its id.
+    pub async fn submit(&self, request: serde_json::Value) -> JobId {
+        let client = reqwest::Client::new();
+        for _ in 0..300 {
+            if let Ok(response) = client
+                .post(self.api("/api/jobs"))
+                .json(&request)
+                .send()
+                .await
+            {
+                let status = response.status();
+                let body: serde_json::Value = response.json().await.expect("json");
+                assert!(status.is_success(), "POST /api/jobs: {status} {body}");
+                return body["id"].as_str().expect("id").parse().expect("a job id");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the api did not answer within 30 s:\n{}", self.log_tails());
+    }
+
+    pub async fn status(&self, job: JobId, stage: &str) -> StageStatus {
+        StageStatus::load(self.store.as_ref(), job, stage)
+            .await
+            .expect("status")
+    }
+
+    /// Waits until `job`'s index is built; false after `timeout`.
+    pub async fn wait_done(&self, job: JobId, timeout: Duration) -> bool {
+        crate::eventually(timeout, || async {
+            self.status(job, "index").await.state == StageState::Done
+        })
+        .await
+    }
+
+    /// Waits until `key` exists in the store; false after `timeout`.
+    pub async fn wait_for_key(&self, key: &str, timeout: Duration) -> bool {
+        crate::eventually(timeout, || async {
+            self.store.exists(key).await.unwrap_or(false)
+        })
+        .await
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        for (_, children) in std::mem::take(&mut self.processes) {
+            for mut child in children {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
