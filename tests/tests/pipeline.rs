@@ -337,6 +337,17 @@ async fn a_job_survives_kills_a_broker_restart_an_s3_outage_and_poison_with_iden
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
+    // `status` and `watch` read the distributed job from the store, as for an embedded one.
+    let job_id = job.to_string();
+    let (report, _) = cli(&["status", &job_id]);
+    assert!(
+        report.lines().filter(|l| l.contains(" done")).count() >= 5,
+        "{report}"
+    );
+    let (watched, bars) = cli(&["watch", &job_id, "--every", "0.2"]);
+    assert!(watched.contains(&format!("job {job_id} done")), "{watched}");
+    assert!(bars.contains("train done"), "{bars}");
+
     let (listed, summary) = cli(&["dead-letters", "list"]);
     assert!(listed.contains("not a clean task"), "{listed}");
     assert!(summary.contains("1 dead-lettered task"), "{summary}");
