@@ -9,12 +9,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use medembed_pipeline::config::{QueueBackend, Settings, StoreBackend};
+use medembed_pipeline::config::Settings;
 use medembed_pipeline::messages::JobId;
 use medembed_pipeline::queue::{self, Queue};
 use medembed_pipeline::status::{StageState, StageStatus};
 use medembed_pipeline::store::{self, ObjectStore};
-use medembed_pipeline::testing;
 
 use crate::{free_port, wait_exit};
 
@@ -71,15 +70,9 @@ impl Deployment {
     /// `MEDEMBED__…` settings for every process.
     pub async fn new(name: &str, extra: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut env = testing::dev_env(
-            &testing::unique(name),
-            QueueBackend::Amqp,
-            StoreBackend::S3,
-            dir.path(),
-        );
-        env.push(("MEDEMBED__LOG__FORMAT".into(), "json".into()));
-        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let settings = Settings::load_with_env(None, env.clone()).expect("settings");
+        let mut all = vec![("MEDEMBED__LOG__FORMAT", "json")];
+        all.extend_from_slice(extra);
+        let (env, settings) = crate::process_env(name, dir.path(), &all);
         let queue = queue::open(&settings.queue).await.expect("queue");
         for name in medembed_pipeline::messages::QUEUES {
             queue.declare(name).await.expect("declare");

@@ -163,14 +163,7 @@ impl EchoRun {
     /// A run named `name`, with `extra` `MEDEMBED__…` settings for its worker.
     pub async fn new(name: &str, extra: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut env = testing::dev_env(
-            &testing::unique(name),
-            QueueBackend::Amqp,
-            StoreBackend::S3,
-            dir.path(),
-        );
-        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let settings = Settings::load_with_env(None, env.clone()).expect("settings");
+        let (env, settings) = process_env(name, dir.path(), extra);
         let queue = queue::open(&settings.queue).await.expect("queue");
         let store = store::open(&settings.store).await.expect("store");
         Self {
@@ -214,5 +207,59 @@ impl EchoRun {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(self.log()).unwrap_or_default()
+    }
+}
+
+/// The environment of worker processes of a test run named `name`: the dev RabbitMQ and Garage
+/// under a queue and store prefix of its own, `extra` `MEDEMBED__…` settings on top; and the
+/// settings that environment gives.
+pub fn process_env(
+    name: &str,
+    local_root: &Path,
+    extra: &[(&str, &str)],
+) -> (Vec<(String, String)>, Settings) {
+    let mut env = testing::dev_env(
+        &testing::unique(name),
+        QueueBackend::Amqp,
+        StoreBackend::S3,
+        local_root,
+    );
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let settings = Settings::load_with_env(None, env.clone()).expect("settings");
+    (env, settings)
+}
+
+/// Runs `rabbitmqctl -q ARG` (e.g. `stop_app`), asserting that it succeeds.
+pub fn rabbitmqctl(arg: &str) {
+    let status = Command::new("rabbitmqctl")
+        .args(["-q", arg])
+        .status()
+        .expect("rabbitmqctl");
+    assert!(status.success(), "rabbitmqctl {arg}");
+}
+
+/// Runs `deploy/dev/services ARG` (e.g. `down`, `s3-up`); whether it succeeded.
+pub fn dev_services(arg: &str) -> bool {
+    Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/dev/services"
+    ))
+    .arg(arg)
+    .stdout(Stdio::null())
+    .status()
+    .is_ok_and(|s| s.success())
+}
+
+/// Starts RabbitMQ's app and Garage again when dropped, so that a test that stops them cannot
+/// leave them stopped for the tests after it, even when one of its assertions fails.
+#[derive(Debug)]
+pub struct ServicesGuard;
+
+impl Drop for ServicesGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["-q", "start_app"])
+            .status();
+        let _ = dev_services("s3-up");
     }
 }

@@ -2,33 +2,14 @@
 //! completes. Alone in its test binary because it stops RabbitMQ for everyone on the machine
 //! (cargo runs test binaries one after another).
 
-use std::process::Command;
 use std::time::Duration;
 
-use medembed_e2e::{EchoRun, EchoTask, eventually, output_key, signal, spawn_worker, wait_exit};
+use medembed_e2e::{
+    EchoRun, EchoTask, ServicesGuard, eventually, output_key, rabbitmqctl, signal, spawn_worker,
+    wait_exit,
+};
 use medembed_pipeline::messages::TaskMessage;
 const TEST_STAGE: &str = env!("CARGO_BIN_EXE_medembed-test-stage");
-
-/// Starts the broker's app again when dropped, so a failing assertion cannot leave RabbitMQ
-/// stopped for the tests after this one.
-struct RestartGuard;
-
-impl Drop for RestartGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
-            .args(["-q", "start_app"])
-            .status();
-    }
-}
-
-fn rabbitmqctl(arg: &str) {
-    let status = Command::new("rabbitmqctl")
-        .arg("-q")
-        .arg(arg)
-        .status()
-        .expect("rabbitmqctl");
-    assert!(status.success(), "rabbitmqctl {arg}");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_reconnects_after_a_broker_restart() {
@@ -41,7 +22,7 @@ async fn worker_reconnects_after_a_broker_restart() {
     let count = || async { store.list("out/").await.map(|v| v.len()).unwrap_or(0) };
     assert!(eventually(Duration::from_secs(60), || async { count().await >= 20 }).await);
 
-    let guard = RestartGuard;
+    let guard = ServicesGuard;
     rabbitmqctl("stop_app");
     let stopped_at = count().await;
     tokio::time::sleep(Duration::from_secs(5)).await;

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use medembed_e2e::deployment::{API, Deployment, WORKERS, binary, sample_corpus};
 use medembed_e2e::prometheus::{Prometheus, dashboard_queries, metric_names_in};
+use medembed_e2e::{ServicesGuard, dev_services, rabbitmqctl};
 use medembed_pipeline::keys;
 use medembed_pipeline::messages::{JobId, QUEUES};
 
@@ -57,38 +58,6 @@ fn job_request() -> serde_json::Value {
         "source": format!("files:{}", sample_corpus().display()),
         "max_articles": 1000,
     })
-}
-
-/// Starts the broker's app and Garage again when dropped, so that a failing assertion cannot
-/// leave them stopped for the tests after this one.
-struct RestartGuard;
-
-impl Drop for RestartGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
-            .args(["-q", "start_app"])
-            .status();
-        let _ = dev_services("s3-up");
-    }
-}
-
-fn dev_services(arg: &str) -> bool {
-    Command::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../deploy/dev/services"
-    ))
-    .arg(arg)
-    .stdout(std::process::Stdio::null())
-    .status()
-    .is_ok_and(|s| s.success())
-}
-
-fn rabbitmqctl(arg: &str) {
-    let status = Command::new("rabbitmqctl")
-        .args(["-q", arg])
-        .status()
-        .expect("rabbitmqctl");
-    assert!(status.success(), "rabbitmqctl {arg}");
 }
 
 /// A digest of every data file the job wrote (parts, pairs, model weights, index), by key
@@ -236,7 +205,7 @@ async fn a_job_survives_kills_a_broker_restart_an_s3_outage_and_poison_with_iden
     );
 
     // 2. The same job with faults.
-    let _guard = RestartGuard;
+    let _guard = ServicesGuard;
     let started = Instant::now();
     let mut d = Deployment::new("pipeline-faults", SETTINGS).await;
     d.start_all();

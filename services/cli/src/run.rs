@@ -19,7 +19,8 @@ use medembed_pipeline::config::{QueueBackend, Settings, StoreBackend};
 use medembed_pipeline::jobs::{self, JobRequest};
 use medembed_pipeline::keys;
 use medembed_pipeline::messages::{
-    self, Database, FetchTask, IndexTask, JobId, JobSpec, QUEUES, TaskMessage, TrainTask,
+    self, ArticleSource, Database, FetchTask, IndexTask, JobId, JobSpec, QUEUES, TaskMessage,
+    TrainTask,
 };
 use medembed_pipeline::metrics::RunnerMetrics;
 use medembed_pipeline::queue::{MemoryQueue, Queue, RetryPolicy};
@@ -345,7 +346,11 @@ async fn summary(
     let took = took
         .map(|d| format!(" in {:.0} s", d.as_secs_f64()))
         .unwrap_or_default();
-    writeln!(out, "\njob {job} done{took}  ({:?})", spec.query)?;
+    let what = match (&spec.source, spec.query.is_empty()) {
+        (ArticleSource::Files { path }, true) => format!("files:{path}"),
+        _ => format!("{:?}", spec.query),
+    };
+    writeln!(out, "\njob {job} done{took}  ({what})")?;
 
     let fetch = StageStatus::load(store, job, "fetch").await?;
     let articles = fetch.counts.get("articles").copied().unwrap_or(0);
