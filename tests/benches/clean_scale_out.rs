@@ -113,13 +113,19 @@ async fn clean_seconds(corpus: &std::path::Path, cleaners: usize) -> (f64, usize
         "no raw parts:\n{}",
         d.log_tails()
     );
-    d.kill("medembed-fetcher");
     let parts = d
         .store
         .list(&format!("jobs/{job}/raw/part-"))
         .await
         .expect("list")
         .len();
+    // The fetcher queues the clean tasks after the manifest: wait for all of them.
+    let queued = medembed_e2e::eventually(Duration::from_secs(120), || async {
+        d.queue.depth("clean").await.unwrap_or(0) >= parts as u64
+    })
+    .await;
+    assert!(queued, "clean tasks not queued:\n{}", d.log_tails());
+    d.stop_all();
 
     let started = Instant::now();
     for _ in 0..cleaners {
