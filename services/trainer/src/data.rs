@@ -37,6 +37,41 @@ pub enum DataError {
     },
 }
 
+/// The fold (`0..folds`) of each pair, for held-out evaluation without an abstract on both
+/// sides: texts linked by any pair form a connected component, and a hash of the component picks
+/// its fold, so every pair of a component lands in the same fold.
+pub fn component_folds(pairs: &[LabelledPair], folds: u64) -> Vec<u64> {
+    fn find(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    let mut id: HashMap<&str, usize> = HashMap::new();
+    for p in pairs {
+        for t in [&p.text_a, &p.text_b] {
+            let n = id.len();
+            id.entry(t.as_str()).or_insert(n);
+        }
+    }
+    let mut parent: Vec<usize> = (0..id.len()).collect();
+    for p in pairs {
+        let (a, b) = (
+            find(&mut parent, id[p.text_a.as_str()]),
+            find(&mut parent, id[p.text_b.as_str()]),
+        );
+        parent[a] = b;
+    }
+    pairs
+        .iter()
+        .map(|p| {
+            let root = find(&mut parent, id[p.text_a.as_str()]);
+            xxhash_rust::xxh3::xxh3_64(&root.to_le_bytes()) % folds
+        })
+        .collect()
+}
+
 /// Reads pairs from a `.parquet` file (pair-builder output) or a CSV file (`text1,text2,label`).
 pub fn read_pairs(path: &Path) -> Result<Vec<LabelledPair>, DataError> {
     let name = path.display().to_string();
