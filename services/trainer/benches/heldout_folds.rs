@@ -1,10 +1,15 @@
-//! Does one epoch of MNRL raise held-out nDCG@10 over the base model, or only on some splits?
-//! all-MiniLM-L6-v2 on the seed's train_small.csv (1,000 pairs of real abstracts), split into 5
-//! folds by connected component of the texts (no abstract on both sides); for each fold, train on
-//! the other four for one epoch (batch 16, length 128, CPU) and evaluate on it. Baseline in the
-//! same run: the base model on the same fold. Prints one JSON line.
+//! Does one epoch of MNRL raise held-out nDCG@10 over the base model on every split, or only on
+//! some? all-MiniLM-L6-v2 on the seed's train_small.csv (1,000 pairs of real abstracts), split
+//! into 5 folds by connected component of the positive pairs (`data::component_folds`: no abstract
+//! on both sides); for each fold, train on the other four for one epoch (the acceptance test's
+//! recipe: batch 16, length 128, learning rate 1e-5, CPU) and evaluate on it. Baseline in the same
+//! run: the base model on the same fold. Prints one JSON line.
 //!
 //! cargo bench -p medembed-trainer --bench heldout_folds
+//!
+//! `MEDEMBED__TRAIN__*` variables override the recipe (e.g. `MEDEMBED__TRAIN__LEARNING_RATE=5e-5`,
+//! `MEDEMBED__TRAIN__EVAL_EVERY_STEPS=10` to see the curve), `MEDEMBED_BENCH_FOLDS=0,2` runs some
+//! folds only.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -52,30 +57,46 @@ async fn main() {
         read_pairs(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/train_small.csv"))
             .expect("seed pairs");
     let folds = component_folds(&pairs, FOLDS);
-    let defaults = Settings::load_with_env(None, Vec::new()).expect("defaults");
+    let defaults = Settings::load(None).expect("settings");
+    let mut recipe = defaults.train.clone();
+    let unset = |name: &str| std::env::var(format!("MEDEMBED__TRAIN__{name}")).is_err();
+    if unset("BATCH_SIZE") {
+        recipe.batch_size = 16;
+    }
+    if unset("MAX_SEQ_LENGTH") {
+        recipe.max_seq_length = 128;
+    }
+    if unset("LEARNING_RATE") {
+        recipe.learning_rate = 1e-5;
+    }
+    recipe.base_model = minilm.clone();
+    recipe.device = ComputeDevice::Cpu;
+    recipe.epochs = 1;
+    let only: Option<Vec<u64>> = std::env::var("MEDEMBED_BENCH_FOLDS").ok().map(|v| {
+        v.split(',')
+            .map(|f| f.trim().parse().expect("fold number"))
+            .collect()
+    });
     let mut results = Vec::new();
-    for fold in 0..FOLDS {
+    for fold in (0..FOLDS).filter(|f| only.as_ref().is_none_or(|o| o.contains(f))) {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let (train, held): (Vec<_>, Vec<_>) =
-            pairs.iter().zip(&folds).partition(|(_, f)| **f != fold);
+        let (train, held): (Vec<_>, Vec<_>) = pairs
+            .iter()
+            .zip(&folds)
+            .filter(|(_, f)| f.is_some())
+            .partition(|(_, f)| **f != Some(fold));
         let train: Vec<&LabelledPair> = train.into_iter().map(|(p, _)| p).collect();
         let held: Vec<&LabelledPair> = held.into_iter().map(|(p, _)| p).collect();
         let (train_csv, val_csv) = (tmp.path().join("train.csv"), tmp.path().join("val.csv"));
         write_csv(&train_csv, &train);
         write_csv(&val_csv, &held);
-        let mut settings = defaults.train.clone();
-        settings.base_model = minilm.clone();
-        settings.device = ComputeDevice::Cpu;
-        settings.epochs = 1;
-        settings.batch_size = 16;
-        settings.max_seq_length = 128;
         let evaluations = Evaluations::default();
         let job = StandaloneJob {
             train: train_csv,
             val: val_csv,
             test: None,
             out: tmp.path().join("model"),
-            settings,
+            settings: recipe.clone(),
         };
         let metrics = run(
             job,
@@ -94,10 +115,15 @@ async fn main() {
             .map(|(_, ndcg)| *ndcg)
             .expect("an evaluation after training");
         let base = metrics.baseline.val.ndcg_at_10;
+        let trajectory: Vec<String> = seen
+            .iter()
+            .map(|(label, ndcg)| format!("{label} {ndcg:.4}"))
+            .collect();
         eprintln!(
-            "fold {fold}: {} train / {} held-out pairs, nDCG@10 {base:.4} -> {epoch_end:.4}",
+            "fold {fold}: {} train / {} held-out pairs, nDCG@10 {base:.4} -> {epoch_end:.4} ({})",
             train.len(),
-            held.len()
+            held.len(),
+            trajectory.join(", ")
         );
         results.push(serde_json::json!({
             "fold": fold,
@@ -120,8 +146,12 @@ async fn main() {
         serde_json::json!({
             "name": "trainer_heldout_folds",
             "model": "all-MiniLM-L6-v2",
-            "loss": "mnrl",
-            "epochs": 1,
+            "loss": recipe.loss.name(),
+            "epochs": recipe.epochs,
+            "batch_size": recipe.batch_size,
+            "max_seq_length": recipe.max_seq_length,
+            "learning_rate": recipe.learning_rate,
+            "seed": recipe.seed,
             "folds": results,
             "folds_raised": gains.iter().filter(|g| **g > 0.0).count(),
             "mean_gain_ndcg_at_10": gains.iter().sum::<f64>() / gains.len() as f64,
