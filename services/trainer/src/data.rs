@@ -250,6 +250,15 @@ impl RetrievalSet {
 mod tests {
     use super::*;
 
+    fn pair(a: &str, b: &str, label: f32) -> LabelledPair {
+        LabelledPair {
+            text_a: a.into(),
+            text_b: b.into(),
+            label,
+            source: "csv".into(),
+        }
+    }
+
     #[test]
     fn the_seed_csv_reads_and_bad_rows_are_named() {
         let path = Path::new(concat!(
@@ -286,12 +295,6 @@ mod tests {
 
     #[test]
     fn folds_keep_positive_components_together_and_drop_straddling_negatives() {
-        let pair = |a: &str, b: &str, label: f32| LabelledPair {
-            text_a: a.into(),
-            text_b: b.into(),
-            label,
-            source: "csv".into(),
-        };
         // Components by positives: {a, b, c}, {d, e}, and many singletons joined by negatives.
         let mut pairs = vec![
             pair("a", "b", 1.0),
@@ -335,12 +338,6 @@ mod tests {
 
     #[test]
     fn a_retrieval_set_from_pairs_has_each_anchor_as_a_query() {
-        let pair = |a: &str, b: &str, label: f32| LabelledPair {
-            text_a: a.into(),
-            text_b: b.into(),
-            label,
-            source: "csv".into(),
-        };
         let set = RetrievalSet::from_pairs(&[
             pair("x", "y", 1.0),
             pair("x", "z", 1.0),
