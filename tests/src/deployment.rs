@@ -27,23 +27,9 @@ pub const WORKERS: [&str; 5] = [
 ];
 pub const API: &str = "medembed-api";
 
-/// A workspace binary built next to this test executable (`cargo test --workspace` builds
-/// them all).
-pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test's path");
-    // target/<profile>/deps/<test>-<hash> → target/<profile>/<name>
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>")
-        .join(name);
-    assert!(
-        path.is_file(),
-        "{} is not built: run `cargo build --workspace --bins` (cargo test --workspace builds it)",
-        path.display()
-    );
-    path
-}
+/// A workspace binary built from the current sources, next to this test executable (refused with
+/// the command to run if it is missing or stale: see [`crate::binaries`]).
+pub use crate::binaries::binary;
 
 /// The sample corpus that ships with the project (`samples/corpus`).
 pub fn sample_corpus() -> PathBuf {

@@ -2,6 +2,7 @@
 //! process by the `medembed-test-stage` binary) and helpers to start, signal and probe workers.
 
 pub mod api;
+pub mod binaries;
 pub mod deployment;
 pub mod fixture_job;
 pub mod prometheus;
