@@ -16,6 +16,7 @@ use medembed_api::state::AppState;
 use medembed_e2e::api::serve_api;
 use medembed_e2e::fixture_job::indexed_job;
 use medembed_indexer::search::JobIndex;
+use medembed_indexer::search::SearchMode;
 use medembed_pipeline::config::{QueueBackend, StoreBackend};
 use medembed_pipeline::{store, testing};
 
@@ -66,15 +67,16 @@ fn main() {
             )
             .expect("state"),
         );
-        // Baseline: in-process, sequential (after loading the job).
-        medembed_api::routes::search_job(&state, job, &titles[0], 10)
+        // Baseline: in-process, sequential (after loading the job), in the mode wrk's requests
+        // get (the default, hybrid).
+        medembed_api::routes::search_job(&state, job, &titles[0], 10, SearchMode::Hybrid)
             .await
             .expect("warm up");
         let rounds = 5;
         let started = Instant::now();
         for _ in 0..rounds {
             for t in &titles {
-                medembed_api::routes::search_job(&state, job, t, 10)
+                medembed_api::routes::search_job(&state, job, t, 10, SearchMode::Hybrid)
                     .await
                     .expect("search");
             }

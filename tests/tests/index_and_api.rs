@@ -245,8 +245,120 @@ async fn index_stage_builds_a_searchable_index_and_the_api_serves_it() {
         assert_eq!(body["hits"].as_array().map(Vec::len), Some(3));
     }
     check_api(&api, job, &encoder, &probes[0].id).await;
+    check_modes_and_exact_terms(&api, &index).await;
     check_bad_requests(&api, job).await;
     check_openapi_is_true(&api, job).await;
+}
+
+/// Hybrid search by default, each mode on request, and exact terms first: a PMID, a gene symbol
+/// or code that one article alone contains, a quoted phrase.
+async fn check_modes_and_exact_terms(api: &Api, index: &JobIndex) {
+    let lexical = index.lexical.as_ref().expect("the index has a BM25 index");
+    let search = |query: String, mode: Option<&'static str>| async move {
+        let mut body = json!({"query": query, "k": 10});
+        if let Some(mode) = mode {
+            body["mode"] = json!(mode);
+        }
+        let (status, body) = api.post("/api/search", &body).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    let found_by = |hit: &Value| -> Vec<String> {
+        hit["found_by"]
+            .as_array()
+            .expect("found_by")
+            .iter()
+            .map(|v| v.as_str().expect("a ranking").to_string())
+            .collect()
+    };
+
+    // Modes: hybrid by default; lexical and dense hits come from that ranking alone.
+    let title = index.documents[0].title.clone();
+    let hybrid = search(title.clone(), None).await;
+    assert_eq!(hybrid["mode"], "hybrid");
+    assert!(
+        hybrid["hits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| found_by(h).len() == 2),
+        "some hit found by both rankings: {hybrid}"
+    );
+    for mode in ["lexical", "dense"] {
+        let body = search(title.clone(), Some(mode)).await;
+        assert_eq!(body["mode"], mode);
+        for hit in body["hits"].as_array().expect("hits") {
+            assert_eq!(found_by(hit), [mode], "{body}");
+        }
+    }
+    let dense = search(title.clone(), Some("dense")).await;
+    assert!(dense["hits"][0]["cosine"].is_number() && dense["hits"][0]["bm25"].is_null());
+
+    // A PMID finds its article first, in hybrid and in lexical search.
+    let with_pmid = index
+        .documents
+        .iter()
+        .find(|d| d.pmid.is_some())
+        .expect("a document with a PMID");
+    for mode in [None, Some("lexical")] {
+        let body = search(with_pmid.pmid.clone().unwrap(), mode).await;
+        assert_eq!(body["hits"][0]["id"], with_pmid.id.as_str(), "{body}");
+        assert_eq!(found_by(&body["hits"][0]), ["exact"]);
+    }
+    let body = search(format!("PMID: {}", with_pmid.pmid.as_ref().unwrap()), None).await;
+    assert_eq!(body["hits"][0]["id"], with_pmid.id.as_str(), "{body}");
+
+    // A gene symbol or code that BM25 finds in one article only: that article first.
+    let mut symbols = 0;
+    for d in &index.documents {
+        for word in d
+            .title
+            .split(|c: char| c.is_whitespace() || ",;:()[]".contains(c))
+        {
+            let word = word.trim_matches(|c: char| !c.is_alphanumeric());
+            if word.len() < 3 || !medembed_indexer::search::has_exact_terms(word) {
+                continue;
+            }
+            let containing = lexical.search(word, 10).expect("bm25");
+            if containing.len() != 1 || index.documents[containing[0].0].id != d.id {
+                continue;
+            }
+            let body = search(word.to_string(), None).await;
+            assert_eq!(
+                body["hits"][0]["id"],
+                d.id.as_str(),
+                "{word:?} is only in {:?}: {body}",
+                d.title
+            );
+            symbols += 1;
+        }
+    }
+    assert!(
+        symbols >= 1,
+        "no title holds a symbol found in one article only"
+    );
+
+    // A quoted phrase: the first hit holds it.
+    let words: Vec<&str> = title.split_whitespace().take(3).collect();
+    let phrase = format!("\"{}\"", words.join(" "));
+    let holding: Vec<String> = lexical
+        .search(&phrase, 100)
+        .expect("phrase")
+        .iter()
+        .map(|(row, _)| index.documents[*row].id.clone())
+        .collect();
+    assert!(!holding.is_empty(), "{phrase} is in its own title");
+    let body = search(phrase.clone(), None).await;
+    let first = body["hits"][0]["id"].as_str().expect("a hit").to_string();
+    assert!(holding.contains(&first), "{phrase}: {body}");
+
+    // An unknown mode is a clear 4xx.
+    let (status, body) = api
+        .post("/api/search", &json!({"query": "tau", "mode": "fuzzy"}))
+        .await;
+    assert!(status == 400 || status == 422, "{status} {body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("fuzzy"), "{message}");
 }
 
 async fn check_api(api: &Api, job: JobId, encoder: &SentenceEncoder, some_id: &str) {

@@ -74,7 +74,8 @@ async fn outputs(d: &Deployment, job: JobId) -> BTreeMap<String, u64> {
             .to_string();
         let data = key.ends_with(".parquet") && !key.contains("training_log")
             || key.ends_with(".safetensors")
-            || key.ends_with(".f32");
+            || key.ends_with(".f32")
+            || key.starts_with("index/lexical/");
         if data && !key.starts_with("train/") {
             let bytes = d.store.get(&meta.key).await.expect("get");
             out.insert(key, xxhash_rust::xxh3::xxh3_64(&bytes));
@@ -189,6 +190,7 @@ async fn a_job_survives_kills_a_broker_restart_an_s3_outage_and_poison_with_iden
         "model/model.safetensors",
         "index/vectors.f32",
         "index/documents.parquet",
+        "index/lexical/meta.json",
     ] {
         assert!(reference.contains_key(expected), "{expected} missing");
     }

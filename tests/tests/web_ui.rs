@@ -177,6 +177,65 @@ async fn every_page_works_in_headless_chromium() {
         "ranked: {scores:?}"
     );
     screenshot(&client, "search").await;
+    // Hybrid by default: the hits say which rankings found them.
+    let meta = client
+        .find(Locator::Css("#search-meta"))
+        .await
+        .expect("meta")
+        .text()
+        .await
+        .expect("text");
+    assert!(meta.contains("hybrid search"), "{meta}");
+
+    // The mode switch: each mode's hits come from that ranking alone.
+    for (mode, found_by) in [("lexical", "lexical"), ("dense", "dense")] {
+        client
+            .execute(
+                &format!("document.querySelector('#mode').value = '{mode}';"),
+                vec![],
+            )
+            .await
+            .expect("select the mode");
+        client
+            .find(Locator::Css("#search-button"))
+            .await
+            .expect("button")
+            .click()
+            .await
+            .expect("click");
+        wait_for(
+            &client,
+            &format!("{mode} results"),
+            &format!(
+                "document.querySelector('#search-meta').textContent.includes('{mode} search') \
+                 && document.querySelectorAll('#results li.result').length > 0"
+            ),
+        )
+        .await;
+        let found: Vec<String> = client
+            .execute(
+                "return [...document.querySelectorAll('#results li.result')].map(e => e.dataset.foundBy);",
+                vec![],
+            )
+            .await
+            .expect("found-by")
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|v| v.as_str().expect("string").to_string())
+            .collect();
+        assert!(found.iter().all(|f| f == found_by), "{mode}: {found:?}");
+        let first = client
+            .find(Locator::Css("#results li.result"))
+            .await
+            .expect("first result");
+        assert_eq!(
+            first.attr("data-id").await.expect("attr").as_deref(),
+            Some(article.id.as_str()),
+            "{mode} search finds the article by its title first"
+        );
+    }
+    screenshot(&client, "search-dense").await;
 
     // Similarity: a gauge and a verdict.
     client

@@ -13,7 +13,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use base64::Engine;
-use medembed_indexer::search::SearchHit;
+use medembed_indexer::search::{SearchHit, SearchMode};
 use medembed_indexer::tables::{MapPoint, TopicCluster};
 use medembed_pipeline::jobs::{self, JobRequest};
 use medembed_pipeline::messages::{Database, JobId, JobSpec};
@@ -79,17 +79,23 @@ pub struct SearchRequest {
     /// The job whose corpus and model to search (default: the newest finished job).
     #[serde(default)]
     pub job: Option<String>,
+    /// `hybrid` (default: BM25 and the job's embeddings, fused), `dense` or `lexical`.
+    #[serde(default)]
+    pub mode: SearchMode,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SearchResponse {
     pub job: String,
     pub query: String,
+    pub mode: SearchMode,
     pub took_ms: f64,
     pub hits: Vec<SearchHit>,
 }
 
-/// Semantic search over a job's corpus with the job's own model.
+/// Search over a job's corpus: BM25 and the job's own model fused (hybrid, the default), or one
+/// of them alone. A PMID, PMCID or DOI finds its article first; so do a quoted phrase and a
+/// gene symbol or code, for the articles that contain them.
 #[utoipa::path(
     post, path = "/api/search", tag = "search",
     request_body = SearchRequest,
@@ -112,10 +118,11 @@ pub async fn search(
     let k = check_k(request.k.unwrap_or(10), limits.max_k)?;
     let job = state.job_or_newest(request.job.as_deref()).await?;
     let started = Instant::now();
-    let hits = search_job(&state, job, &request.query, k).await?;
+    let hits = search_job(&state, job, &request.query, k, request.mode).await?;
     Ok(Json(SearchResponse {
         job: job.to_string(),
         query: request.query,
+        mode: request.mode,
         took_ms: started.elapsed().as_secs_f64() * 1e3,
         hits,
     }))
@@ -127,16 +134,28 @@ pub async fn search_job(
     job: JobId,
     query: &str,
     k: usize,
+    mode: SearchMode,
 ) -> ApiResult<Vec<SearchHit>> {
     let loaded = state.indexed(job).await?;
-    let embedded = loaded.embedder.embed(vec![query.to_string()]).await?;
+    // Lexical search needs no embedding: it does not wait for the model thread.
+    let embedding = match mode {
+        SearchMode::Lexical => None,
+        SearchMode::Hybrid | SearchMode::Dense => loaded
+            .embedder
+            .embed(vec![query.to_string()])
+            .await?
+            .vectors
+            .into_iter()
+            .next(),
+    };
+    let query = query.to_string();
     let hits = tokio::task::spawn_blocking(move || {
         let index = loaded.index.as_ref().expect("indexed() checked");
-        index.search(&embedded.vectors, k)
+        index.search_text(&query, embedding.as_deref(), k, mode)
     })
     .await
     .map_err(|e| ApiError::internal(format!("search panicked: {e}")))??;
-    Ok(hits.into_iter().next().unwrap_or_default())
+    Ok(hits)
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

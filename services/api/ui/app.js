@@ -62,13 +62,18 @@ function searchPage() {
     results.replaceChildren();
     try {
       const k = Number($("#k").value) || 10;
-      const body = await api("/api/search", { method: "POST", body: { query: $("#query").value, k, job: currentJob() } });
-      $("#search-meta").textContent = `${body.hits.length} hits in ${body.took_ms.toFixed(1)} ms (job ${body.job})`;
+      const mode = $("#mode").value;
+      const body = await api("/api/search", { method: "POST", body: { query: $("#query").value, k, job: currentJob(), mode } });
+      $("#search-meta").textContent = `${body.hits.length} hits in ${body.took_ms.toFixed(1)} ms, ${body.mode} search (job ${body.job})`;
       for (const hit of body.hits) {
         const title = hit.url ? el("a", { href: hit.url, target: "_blank", rel: "noopener", text: hit.title }) : el("span", { text: hit.title });
-        results.append(el("li", { class: "result", "data-id": hit.id },
+        // Which rankings found the hit, with their own scores (cosine, BM25).
+        const found = hit.found_by.map((by) => by === "dense" && hit.cosine != null ? `dense ${hit.cosine.toFixed(3)}`
+          : by === "lexical" && hit.bm25 != null ? `lexical ${hit.bm25.toFixed(1)}` : by).join(" · ");
+        results.append(el("li", { class: "result", "data-id": hit.id, "data-found-by": hit.found_by.join(" ") },
           el("span", { class: "score", text: hit.score.toFixed(3) }),
           el("strong", { class: "title" }, title),
+          el("span", { class: "found-by", text: found }),
           el("p", { class: "snippet", text: hit.snippet })));
       }
     } catch (e) { showError(e.message); }

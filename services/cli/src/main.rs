@@ -6,6 +6,7 @@
 //! All use the same settings as the workers (defaults → `--config FILE` → `MEDEMBED__…`
 //! environment), so they reach the same broker and store.
 
+mod eval;
 mod progress;
 mod run;
 
@@ -17,6 +18,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use medembed_api::metrics::ApiMetrics;
 use medembed_api::state::AppState;
 use medembed_indexer::model::fetch_job_model;
+use medembed_indexer::search::SearchMode;
 use medembed_model::SentenceEncoder;
 use medembed_model::hub::Hub;
 use medembed_pipeline::config::{ComputeDevice, QueueBackend, Settings, StoreBackend};
@@ -123,6 +125,10 @@ enum Command {
         #[arg(long, value_name = "DIR|JOB")]
         model: String,
     },
+    /// Score search on a test collection in the BEIR folder format (corpus.jsonl, queries.jsonl,
+    /// qrels/test.tsv): nDCG@10 with graded gains, MRR@10, Recall@100 and MAP@100 of BM25, of a
+    /// model's dense search and of the two fused (hybrid), side by side. `--bm25` needs no model.
+    Eval(eval::EvalArgs),
     /// Search a job's corpus by meaning, with the job's own model (the same code as
     /// POST /api/search): prints the hits best first.
     Search {
@@ -137,6 +143,10 @@ enum Command {
         /// Search the local store of `medembed run` in DIR instead of the configured store.
         #[arg(long, value_name = "DIR")]
         data: Option<PathBuf>,
+        /// hybrid: BM25 and the job's embeddings, fused; dense: the embeddings alone; lexical:
+        /// BM25 alone.
+        #[arg(long, value_enum, default_value = "hybrid")]
+        mode: SearchMode,
         /// Print the hits as one JSON object (as the api returns them).
         #[arg(long)]
         json: bool,
@@ -246,6 +256,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", spec.job_id);
         }
         Command::Run(args) => run::run(settings, args).await?,
+        Command::Eval(args) => eval::eval(args)?,
         Command::Status {
             job: Some(job),
             data,
@@ -366,6 +377,7 @@ async fn main() -> anyhow::Result<()> {
             job,
             k,
             data,
+            mode,
             json,
         } => {
             search(
@@ -373,6 +385,7 @@ async fn main() -> anyhow::Result<()> {
                 &query,
                 job.as_deref(),
                 k,
+                mode,
                 json,
             )
             .await?;
@@ -488,6 +501,7 @@ async fn search(
     query: &str,
     job: Option<&str>,
     k: usize,
+    mode: SearchMode,
     json: bool,
 ) -> anyhow::Result<()> {
     let store = store::open(&settings.store).await?;
@@ -501,19 +515,31 @@ async fn search(
         bail!("-k {k}: must be 1..={}", state.settings.api.max_k);
     }
     let job = state.job_or_newest(job).await.map_err(fail)?;
-    let hits = medembed_api::routes::search_job(&state, job, query, k)
+    let hits = medembed_api::routes::search_job(&state, job, query, k, mode)
         .await
         .map_err(fail)?;
     if json {
         println!(
             "{}",
-            serde_json::json!({ "job": job.to_string(), "query": query, "hits": hits })
+            serde_json::json!({
+                "job": job.to_string(), "query": query, "mode": mode, "hits": hits
+            })
         );
         return Ok(());
     }
-    println!("job {job}: {} hits for {query:?}", hits.len());
+    println!(
+        "job {job}: {} hits for {query:?} ({} search)",
+        hits.len(),
+        mode.name()
+    );
     for (rank, hit) in hits.iter().enumerate() {
-        println!("{:>3}. {:.3}  {}", rank + 1, hit.score, hit.title);
+        println!(
+            "{:>3}. {:.3}  {}  [{}]",
+            rank + 1,
+            hit.score,
+            hit.title,
+            hit.found_by.join("+")
+        );
         if let Some(url) = &hit.url {
             println!("            {url}");
         }

@@ -11,6 +11,7 @@ use medembed_pipeline::messages::JobId;
 use serde::{Deserialize, Serialize};
 
 use crate::clusters;
+use crate::lexical::{LexicalDocument, LexicalIndex};
 use crate::map::pca_2d;
 use crate::tables::{ArticleRecord, IndexedDocument, MapPoint, TopicCluster};
 use crate::vectors::{HnswParams, IndexKind, VectorIndex, Vectors};
@@ -40,6 +41,10 @@ pub struct IndexManifest {
     /// RFC 3339.
     pub built_at: String,
     pub build_seconds: f64,
+    /// The BM25 index's files under `index/lexical/` (none in an index built before it existed:
+    /// such an index searches dense only).
+    #[serde(default)]
+    pub lexical_files: Vec<String>,
 }
 
 impl IndexManifest {
@@ -71,6 +76,8 @@ pub struct BuiltIndex {
     pub documents: Vec<IndexedDocument>,
     pub map: Vec<MapPoint>,
     pub clusters: Vec<TopicCluster>,
+    /// BM25 over the same documents, row for row.
+    pub lexical: LexicalIndex,
 }
 
 /// MeSH check tags ("Humans", "Middle Aged", "Retrospective Studies", … from
@@ -214,6 +221,9 @@ pub fn build(
         .iter()
         .map(|a| IndexedDocument::of(a, settings.snippet_chars))
         .collect();
+    let lexical_documents: Vec<LexicalDocument> =
+        kept.iter().map(|a| lexical_document(a)).collect();
+    let lexical = LexicalIndex::build(&lexical_documents)?;
     let index = if vectors.len() > settings.exact_max_documents {
         VectorIndex::build_hnsw(
             &vectors,
@@ -239,6 +249,7 @@ pub fn build(
         hnsw_expansion_add: settings.hnsw_expansion_add,
         built_at: medembed_pipeline::status::now_rfc3339(),
         build_seconds: started.elapsed().as_secs_f64(),
+        lexical_files: Vec::new(),
     };
     Ok(BuiltIndex {
         manifest,
@@ -247,5 +258,24 @@ pub fn build(
         documents,
         map,
         clusters,
+        lexical,
     })
+}
+
+/// What BM25 searches of an article: title, abstract, every MeSH descriptor (check tags too: a
+/// query for "humans" or "mice" means them), and its keywords.
+fn lexical_document(article: &ArticleRecord) -> LexicalDocument {
+    LexicalDocument {
+        pmid: article.pmid.clone(),
+        pmcid: article.pmcid.clone(),
+        doi: article.doi.clone(),
+        title: article.title.clone(),
+        abstract_text: article.abstract_text.clone(),
+        terms: article
+            .mesh
+            .iter()
+            .map(|m| m.descriptor.clone())
+            .chain(article.keywords.iter().cloned())
+            .collect(),
+    }
 }

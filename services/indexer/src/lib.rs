@@ -13,6 +13,7 @@
 
 pub mod build;
 pub mod clusters;
+pub mod lexical;
 pub mod map;
 pub mod model;
 pub mod search;
@@ -42,6 +43,8 @@ pub enum IndexError {
     Format(String),
     #[error("HNSW index: {0}")]
     Hnsw(String),
+    #[error("lexical index: {0}")]
+    Lexical(String),
     /// A query the index cannot answer (a vector of the wrong dimension).
     #[error("{0}")]
     Query(String),

@@ -8,8 +8,8 @@
 //!   publishes a build check. A part already embedded is not embedded again.
 //! - [`BuildStage`] (`build`): a barrier like the pair-builder's. A check does nothing until every
 //!   planned part is embedded; then it builds the index and writes `vectors.f32`,
-//!   `hnsw.usearch` (HNSW only), `documents.parquet`, `map.parquet`, `clusters.parquet`, and
-//!   `_manifest.json` last, and marks the `index` status (the job) done. A check that finds the
+//!   `hnsw.usearch` (HNSW only), `documents.parquet`, `map.parquet`, `clusters.parquet`, the
+//!   BM25 index's files under `lexical/`, and `_manifest.json` last, and marks the `index` status (the job) done. A check that finds the
 //!   manifest does nothing. Checks may be duplicated or race; the build is deterministic, so two
 //!   racing builds write the same objects.
 
@@ -45,6 +45,8 @@ pub const HNSW: &str = "hnsw.usearch";
 pub const DOCUMENTS: &str = "documents.parquet";
 pub const MAP: &str = "map.parquet";
 pub const CLUSTERS: &str = "clusters.parquet";
+/// The folder of the BM25 index's files (`index/lexical/meta.json`, …).
+pub const LEXICAL: &str = "lexical";
 
 /// `medembed_embed*` and `medembed_index_*` metrics.
 #[derive(Debug, Clone)]
@@ -437,6 +439,15 @@ impl Stage for BuildStage {
             table::write(store, &keys::index_file(job, name), &schema, &[batch]).await?;
         }
         let mut manifest: IndexManifest = built.manifest;
+        for (name, bytes) in built.lexical.files()? {
+            store
+                .put(
+                    &keys::index_file(job, &format!("{LEXICAL}/{name}")),
+                    Bytes::from(bytes),
+                )
+                .await?;
+            manifest.lexical_files.push(name);
+        }
         manifest.build_seconds = timer.stop_and_record();
         let body = serde_json::to_vec_pretty(&manifest).expect("manifest is plain data");
         store

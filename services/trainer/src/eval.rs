@@ -8,11 +8,12 @@
 use std::collections::{HashMap, HashSet};
 
 use medembed_model::SentenceEncoder;
+use medembed_retrieval::Measures;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use crate::data::{LabelledPair, RetrievalSet};
-use crate::metrics::{Retrieval, roc_auc, spearman};
+use crate::metrics::{roc_auc, spearman};
 
 /// What one evaluation measured.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -91,10 +92,10 @@ pub fn evaluate(
                     .collect();
                 let relevant: HashSet<&str> =
                     query.relevant_ids.iter().map(String::as_str).collect();
-                all.push(Retrieval::of(&ranked, &relevant));
+                all.push(Measures::binary(&ranked, &relevant));
             }
         }
-        let mean = Retrieval::mean(&all);
+        let mean = Measures::mean(&all);
         report.ndcg_at_10 = mean.ndcg_at_10;
         report.mrr_at_10 = mean.mrr_at_10;
         report.recall_at_1 = mean.recall_at_1;

@@ -1,75 +1,8 @@
-//! Evaluation measures, as sentence-transformers' InformationRetrievalEvaluator and
-//! EmbeddingSimilarityEvaluator / BinaryClassificationEvaluator define them:
-//! - retrieval over a ranked list per query: nDCG@k (binary relevance), MRR@k, Recall@k, MAP@k
-//!   (average precision over the top k, divided by min(k, relevant));
-//! - labelled pairs: Spearman's rank correlation of cosine vs label (average ranks for ties) and
-//!   ROC-AUC (the probability a positive pair outscores a negative one, ties half).
-
-use std::collections::HashSet;
-
-/// Retrieval measures of one query: `ranked` are the retrieved ids, best first (the query's own
-/// document already left out); `relevant` the ids that should be found.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct Retrieval {
-    pub ndcg_at_10: f64,
-    pub mrr_at_10: f64,
-    pub recall_at_1: f64,
-    pub recall_at_10: f64,
-    pub recall_at_100: f64,
-    pub map_at_100: f64,
-}
-
-impl Retrieval {
-    pub fn of(ranked: &[&str], relevant: &HashSet<&str>) -> Self {
-        if relevant.is_empty() {
-            return Self::default();
-        }
-        let hit = |i: usize| ranked.get(i).is_some_and(|id| relevant.contains(id));
-        let recall = |k: usize| {
-            (0..k.min(ranked.len())).filter(|&i| hit(i)).count() as f64 / relevant.len() as f64
-        };
-        let dcg: f64 = (0..10.min(ranked.len()))
-            .filter(|&i| hit(i))
-            .map(|i| 1.0 / (i as f64 + 2.0).log2())
-            .sum();
-        let ideal: f64 = (0..10.min(relevant.len()))
-            .map(|i| 1.0 / (i as f64 + 2.0).log2())
-            .sum();
-        let mrr = (0..10.min(ranked.len()))
-            .find(|&i| hit(i))
-            .map_or(0.0, |i| 1.0 / (i as f64 + 1.0));
-        let mut hits = 0.0;
-        let mut precision_sum = 0.0;
-        for i in 0..100.min(ranked.len()) {
-            if hit(i) {
-                hits += 1.0;
-                precision_sum += hits / (i as f64 + 1.0);
-            }
-        }
-        Self {
-            ndcg_at_10: dcg / ideal,
-            mrr_at_10: mrr,
-            recall_at_1: recall(1),
-            recall_at_10: recall(10),
-            recall_at_100: recall(100),
-            map_at_100: precision_sum / relevant.len().min(100) as f64,
-        }
-    }
-
-    /// The mean over queries.
-    pub fn mean(all: &[Retrieval]) -> Self {
-        let n = all.len().max(1) as f64;
-        let sum = |f: fn(&Retrieval) -> f64| all.iter().map(f).sum::<f64>() / n;
-        Self {
-            ndcg_at_10: sum(|r| r.ndcg_at_10),
-            mrr_at_10: sum(|r| r.mrr_at_10),
-            recall_at_1: sum(|r| r.recall_at_1),
-            recall_at_10: sum(|r| r.recall_at_10),
-            recall_at_100: sum(|r| r.recall_at_100),
-            map_at_100: sum(|r| r.map_at_100),
-        }
-    }
-}
+//! Evaluation measures of labelled pairs, as sentence-transformers' EmbeddingSimilarityEvaluator
+//! and BinaryClassificationEvaluator define them: Spearman's rank correlation of cosine vs label
+//! (average ranks for ties) and ROC-AUC (the probability a positive pair outscores a negative
+//! one, ties half). Retrieval measures (nDCG@10, MRR@10, Recall@k, MAP@100) are
+//! `medembed_retrieval::Measures`, shared with `medembed eval`.
 
 /// Ranks 1..n with ties sharing their average rank.
 fn average_ranks(values: &[f64]) -> Vec<f64> {
@@ -127,29 +60,6 @@ pub fn roc_auc(scores: &[f64], labels: &[bool]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retrieval_measures_match_hand_computed_values() {
-        let relevant: HashSet<&str> = ["a", "b"].into();
-        // Hits at ranks 1 and 3.
-        let r = Retrieval::of(&["a", "x", "b", "y"], &relevant);
-        let ideal = 1.0 + 1.0 / 3f64.log2();
-        assert!((r.ndcg_at_10 - (1.0 + 0.5) / ideal).abs() < 1e-12);
-        assert_eq!(r.mrr_at_10, 1.0);
-        assert_eq!(r.recall_at_1, 0.5);
-        assert_eq!(r.recall_at_10, 1.0);
-        assert!((r.map_at_100 - (1.0 + 2.0 / 3.0) / 2.0).abs() < 1e-12);
-        // First hit at rank 2; nothing relevant found at all.
-        let r = Retrieval::of(&["x", "b"], &relevant);
-        assert_eq!(r.mrr_at_10, 0.5);
-        assert_eq!(Retrieval::of(&["x", "y"], &relevant), Retrieval::default());
-        let perfect = Retrieval::of(&["b", "a"], &relevant);
-        assert!(
-            (perfect.ndcg_at_10 - 1.0).abs() < 1e-12 && (perfect.map_at_100 - 1.0).abs() < 1e-12
-        );
-        let mean = Retrieval::mean(&[perfect, Retrieval::default()]);
-        assert!((mean.ndcg_at_10 - 0.5).abs() < 1e-12);
-    }
 
     #[test]
     fn spearman_and_auc_match_hand_computed_values() {
