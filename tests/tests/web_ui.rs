@@ -88,6 +88,17 @@ async fn wait_for(client: &Client, what: &str, script: &str) {
     }
 }
 
+/// Clicks the element `css` finds.
+async fn click(client: &Client, css: &str) {
+    client
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("click {css}: {e}"));
+}
+
 async fn screenshot(client: &Client, name: &str) {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("web-ui");
     std::fs::create_dir_all(&dir).expect("screenshot folder");
@@ -139,13 +150,7 @@ async fn every_page_works_in_headless_chromium() {
         .send_keys(&article.title)
         .await
         .expect("type");
-    client
-        .find(Locator::Css("#search-button"))
-        .await
-        .expect("button")
-        .click()
-        .await
-        .expect("click");
+    click(&client, "#search-button").await;
     wait_for(
         &client,
         "search results",
@@ -196,13 +201,7 @@ async fn every_page_works_in_headless_chromium() {
             )
             .await
             .expect("select the mode");
-        client
-            .find(Locator::Css("#search-button"))
-            .await
-            .expect("button")
-            .click()
-            .await
-            .expect("click");
+        click(&client, "#search-button").await;
         wait_for(
             &client,
             &format!("{mode} results"),
@@ -260,13 +259,7 @@ async fn every_page_works_in_headless_chromium() {
             .await
             .expect("type");
     }
-    client
-        .find(Locator::Css("#compare"))
-        .await
-        .expect("compare")
-        .click()
-        .await
-        .expect("click");
+    click(&client, "#compare").await;
     wait_for(
         &client,
         "a verdict",
@@ -336,13 +329,7 @@ async fn every_page_works_in_headless_chromium() {
         .send_keys("tuberculosis drug resistance")
         .await
         .expect("type");
-    client
-        .find(Locator::Css("#submit-job"))
-        .await
-        .expect("submit")
-        .click()
-        .await
-        .expect("click");
+    click(&client, "#submit-job").await;
     wait_for(
         &client,
         "the submission",
@@ -356,13 +343,7 @@ async fn every_page_works_in_headless_chromium() {
     )
     .await;
     assert_eq!(queue.depth("fetch").await.expect("depth"), 1);
-    client
-        .find(Locator::Css(&format!("#jobs tr[data-id=\"{job}\"]")))
-        .await
-        .expect("row")
-        .click()
-        .await
-        .expect("open detail");
+    click(&client, &format!("#jobs tr[data-id=\"{job}\"]")).await;
     wait_for(
         &client,
         "job detail",

@@ -123,6 +123,21 @@ fn open(path: &Path) -> Result<BufReader<std::fs::File>> {
         })
 }
 
+/// The non-blank lines of `path` with their numbers (from 1).
+fn non_blank_lines(path: &Path) -> Result<impl Iterator<Item = Result<(usize, String)>> + '_> {
+    Ok(open(path)?
+        .lines()
+        .enumerate()
+        .filter_map(move |(i, text)| match text {
+            Ok(text) if text.trim().is_empty() => None,
+            Ok(text) => Some(Ok((i + 1, text))),
+            Err(source) => Some(Err(BeirError::Io {
+                path: path.to_path_buf(),
+                source,
+            })),
+        }))
+}
+
 fn line_error(path: &Path, line: usize, message: impl Into<String>) -> BeirError {
     BeirError::Line {
         path: path.to_path_buf(),
@@ -142,15 +157,8 @@ where
 {
     let mut rows = Vec::new();
     let mut seen: HashMap<String, usize> = HashMap::new();
-    for (i, text) in open(path)?.lines().enumerate() {
-        let line = i + 1;
-        let text = text.map_err(|source| BeirError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        if text.trim().is_empty() {
-            continue;
-        }
+    for numbered in non_blank_lines(path)? {
+        let (line, text) = numbered?;
         let value: Value = serde_json::from_str(&text)
             .map_err(|e| line_error(path, line, format!("not a JSON object: {e}")))?;
         let Value::Object(object) = value else {
@@ -227,15 +235,8 @@ fn read_qrels(
     documents: &HashSet<&str>,
 ) -> Result<HashMap<String, HashMap<String, f64>>> {
     let mut qrels: BTreeMap<String, HashMap<String, f64>> = BTreeMap::new();
-    for (i, text) in open(path)?.lines().enumerate() {
-        let line = i + 1;
-        let text = text.map_err(|source| BeirError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        if text.trim().is_empty() {
-            continue;
-        }
+    for numbered in non_blank_lines(path)? {
+        let (line, text) = numbered?;
         let fields: Vec<&str> = text.split('\t').map(str::trim).collect();
         // TREC's four-column form puts an iteration number second.
         let (query, document, score) = match fields.as_slice() {
