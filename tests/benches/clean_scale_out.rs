@@ -95,7 +95,7 @@ async fn clean_seconds(corpus: &std::path::Path, cleaners: usize) -> (f64, usize
         db: Default::default(),
         from: None,
         to: None,
-        max_articles: ARTICLES as u64,
+        max_articles: Some(ARTICLES as u64),
         source: format!("files:{}", corpus.display()),
         open_access_only: true,
         cited_by: false,

@@ -517,7 +517,8 @@ pub struct SubmitRequest {
     /// Last publication date.
     #[serde(default)]
     pub to: Option<String>,
-    /// Default 1000.
+    /// Stop after this many articles. Default: 1000 from E-utilities, every article of a
+    /// `files:` source.
     #[serde(default)]
     pub max_articles: Option<u64>,
     /// `eutils` (default) or `files:PATH` (a directory or s3:// prefix of bulk XML).
@@ -562,7 +563,7 @@ pub async fn submit(
         db: r.db.unwrap_or_default(),
         from: r.from,
         to: r.to,
-        max_articles: r.max_articles.unwrap_or(1000),
+        max_articles: r.max_articles,
         source: r.source.unwrap_or_else(|| "eutils".into()),
         open_access_only: r.open_access_only.unwrap_or(true),
         cited_by: r.cited_by.unwrap_or(false),

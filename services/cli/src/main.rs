@@ -6,6 +6,7 @@
 //! All use the same settings as the workers (defaults → `--config FILE` → `MEDEMBED__…`
 //! environment), so they reach the same broker and store.
 
+mod devset;
 mod eval;
 mod progress;
 mod run;
@@ -73,9 +74,10 @@ enum Command {
         /// Last publication date: YYYY, YYYY/MM or YYYY/MM/DD.
         #[arg(long)]
         to: Option<String>,
-        /// Stop after this many articles.
-        #[arg(long, default_value_t = 1000)]
-        max_articles: u64,
+        /// Stop after this many articles [default: 1000 with eutils; every article of a files:
+        /// source].
+        #[arg(long, value_name = "N")]
+        max_articles: Option<u64>,
         /// `eutils` (NCBI E-utilities, for --query) or `files:PATH` (a directory, file or
         /// s3://bucket/prefix of PubMed .xml.gz, PMC .nxml/.xml or .tar.gz packages).
         #[arg(long, default_value = "eutils")]
@@ -127,8 +129,15 @@ enum Command {
     },
     /// Score search on a test collection in the BEIR folder format (corpus.jsonl, queries.jsonl,
     /// qrels/test.tsv): nDCG@10 with graded gains, MRR@10, Recall@100 and MAP@100 of BM25, of a
-    /// model's dense search and of the two fused (hybrid), side by side. `--bm25` needs no model.
+    /// model's dense search and of the two fused (hybrid), side by side. `--bm25` needs no model;
+    /// `--job JOB` scores a finished job's own search, and its base model beside it.
     Eval(eval::EvalArgs),
+    /// Write a dev set in the BEIR format from a finished job's held-out articles (its test
+    /// split, in no training pair): their titles as queries, the other held-out articles judged 2
+    /// (citation link) or 1 (MeSH or keyword overlap), over the job's whole corpus. Score it with
+    /// `medembed eval --beir DIR --job JOB`. A proxy to compare settings on one corpus with, not
+    /// a measure of real questions.
+    DevSet(devset::DevSetArgs),
     /// Search a job's corpus by meaning, with the job's own model (the same code as
     /// POST /api/search): prints the hits best first.
     Search {
@@ -256,7 +265,8 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", spec.job_id);
         }
         Command::Run(args) => run::run(settings, args).await?,
-        Command::Eval(args) => eval::eval(args)?,
+        Command::Eval(args) => Box::pin(eval::eval(settings, args)).await?,
+        Command::DevSet(args) => devset::dev_set(settings, args).await?,
         Command::Status {
             job: Some(job),
             data,
@@ -456,6 +466,27 @@ async fn dead_letters(settings: &Settings, action: DeadLetterAction) -> anyhow::
 }
 
 /// `settings` reading the local store of `medembed run` in `data`, if given.
+/// A job id given by the user, or the newest job whose index is built.
+pub(crate) async fn job_or_newest(
+    store: &dyn ObjectStore,
+    job: Option<&str>,
+) -> anyhow::Result<JobId> {
+    if let Some(id) = job {
+        return id
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{id:?} is not a job id"));
+    }
+    for spec in jobs::list(store).await?.iter().rev().flatten() {
+        if medembed_indexer::search::read_manifest(store, spec.job_id)
+            .await?
+            .is_some()
+        {
+            return Ok(spec.job_id);
+        }
+    }
+    bail!("no job in this store has finished indexing: run one first (medembed run), or name one")
+}
+
 fn with_data_dir(mut settings: Settings, data: Option<PathBuf>) -> Settings {
     if let Some(dir) = data {
         settings.store.backend = StoreBackend::Local;

@@ -49,9 +49,10 @@ pub struct RunArgs {
     /// Last publication date: YYYY, YYYY/MM or YYYY/MM/DD.
     #[arg(long)]
     pub to: Option<String>,
-    /// Stop after this many articles.
-    #[arg(long, default_value_t = 1000)]
-    pub max_articles: u64,
+    /// Stop after this many articles [default: 1000 with eutils; every article of a files:
+    /// source].
+    #[arg(long, value_name = "N")]
+    pub max_articles: Option<u64>,
     /// `eutils` (NCBI E-utilities, for --query) or `files:PATH` (a directory, file or
     /// s3://bucket/prefix of PubMed .xml.gz, PMC .nxml/.xml or .tar.gz packages). The sample
     /// corpus: files:samples/corpus.
@@ -380,10 +381,31 @@ async fn summary(
         }
         None => writeln!(out, "  articles  {articles} fetched")?,
     }
+    if matches!(spec.source, ArticleSource::Files { .. }) && fetch.done < fetch.total {
+        writeln!(
+            out,
+            "  limit     --max-articles {} reached: {} of {} files not read to the end (leave \
+             --max-articles out to read them all)",
+            spec.max_articles,
+            fetch.total - fetch.done,
+            fetch.total
+        )?;
+    }
 
     let metrics: Option<ModelMetrics> =
         store::read_json(store, &format!("{}metrics.json", keys::model_prefix(job))).await?;
-    if let Some(m) = &metrics {
+    if let Some(reason) = metrics.as_ref().and_then(|m| m.not_trained.as_ref()) {
+        let base = metrics.as_ref().map_or("", |m| m.base_model.as_str());
+        writeln!(out, "  training  none: {reason}")?;
+        writeln!(
+            out,
+            "            The base model ({base}) is published unchanged and the corpus is indexed \
+             with it:\n            search works (BM25 + base model), but it is not fine-tuned to \
+             this corpus.\n            To train, collect records with MeSH descriptors, author \
+             keywords or reference lists\n            (citations), or more articles on one topic; \
+             or lower pairs.mesh_threshold / pairs.keyword_threshold."
+        )?;
+    } else if let Some(m) = &metrics {
         writeln!(
             out,
             "  training  {} steps in {:.0} s on {} ({}), base {}; published step {}{}",
@@ -448,11 +470,47 @@ async fn summary(
     writeln!(out, "\nsearch it:")?;
     writeln!(
         out,
-        "  medembed search --data {data} \"your question in plain words\""
+        "  {} search --data {data} \"your question in plain words\"",
+        command("medembed")
     )?;
     writeln!(
         out,
-        "  medembed-api --data {data}      # web UI and HTTP API on http://localhost:8080"
+        "  {} --data {data}      # web UI and HTTP API on http://localhost:8080",
+        command("medembed-api")
     )?;
     Ok(out)
+}
+
+/// How to start the program `name` from here, as the summary prints it: its bare name when that
+/// is what the PATH finds, otherwise the path of the one built beside this binary (e.g.
+/// `target/release/medembed-api`), otherwise the cargo command that builds and runs it.
+fn command(name: &str) -> String {
+    let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.canonicalize().ok())
+        .and_then(|exe| exe.parent().map(Path::to_path_buf))
+    else {
+        return name.to_string();
+    };
+    let beside = dir.join(name);
+    let on_path = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+            .and_then(|p| p.canonicalize().ok())
+            .is_some_and(|p| p == beside)
+    });
+    if on_path {
+        return name.to_string();
+    }
+    if beside.is_file() {
+        let cwd = std::env::current_dir()
+            .ok()
+            .and_then(|d| d.canonicalize().ok());
+        return match cwd.and_then(|cwd| beside.strip_prefix(cwd).ok().map(Path::to_path_buf)) {
+            Some(relative) => relative.display().to_string(),
+            None => beside.display().to_string(),
+        };
+    }
+    format!("cargo run --release --bin {name} --")
 }

@@ -79,6 +79,13 @@ const SEGMENT_COMPONENTS: [SegmentComponent; 6] = [
     SegmentComponent::Store,
 ];
 
+/// Weight of a match in the MeSH descriptors and keywords against one in the title or abstract.
+/// On the Alzheimer sample's dev set (148 title queries, BM25 alone) nDCG@10 was 0.084 at 1,
+/// 0.094 at 0.5 and 0.098 without them, Recall@100 0.443, 0.474 and 0.462: half weight keeps
+/// what MeSH adds to recall (synonyms the abstract does not use) without long descriptor lists
+/// outranking the text.
+const TERMS_BOOST: f32 = 0.5;
+
 /// A BM25 index over a job's documents, searched by row.
 pub struct LexicalIndex {
     directory: RamDirectory,
@@ -202,10 +209,11 @@ impl LexicalIndex {
             .reload_policy(ReloadPolicy::Manual)
             .try_into()
             .map_err(lexical_error)?;
-        let parser = QueryParser::for_index(
+        let mut parser = QueryParser::for_index(
             &index,
             vec![fields.title, fields.abstract_text, fields.terms],
         );
+        parser.set_field_boost(fields.terms, TERMS_BOOST);
         Ok(Self {
             directory,
             index,

@@ -5,6 +5,7 @@
 
 pub mod build;
 pub mod corpus;
+pub mod devset;
 pub mod output;
 pub mod split;
 pub mod stage;

@@ -103,7 +103,7 @@ async fn parts_not_cleaned(
 }
 
 /// Reads every clean part, in part order, into a [`Corpus`]; sums the cleaner's drop counts.
-async fn load_corpus(
+pub async fn load_corpus(
     store: &dyn ObjectStore,
     job: JobId,
     manifest: &RawManifest,
@@ -301,17 +301,18 @@ impl Stage for PairStage {
             .map(|by_source| by_source.values().filter_map(|l| l.get("1")).sum())
             .unwrap_or(0);
         if train_positives == 0 {
-            // Nothing to train on: say so where the user looks, and stop the job here.
-            let reason = format!(
-                "job {job}: no positive training pairs from {} documents (see pairs/stats.json): \
-                 collect more articles, or lower pairs.mesh_threshold / pairs.keyword_threshold",
+            // Nothing to train on. The job goes on: the trainer publishes the base model
+            // unchanged and the corpus is indexed with it (dense and BM25), so the user still
+            // gets search; the warning says why and what would help.
+            let warning = format!(
+                "no positive training pairs from {} documents (see pairs/stats.json): the job is \
+                 indexed with the base model, not fine-tuned. Records with MeSH descriptors, \
+                 author keywords or reference lists make pairs; so do more articles on one topic, \
+                 or lower pairs.mesh_threshold / pairs.keyword_threshold",
                 corpus.len()
             );
-            tracing::warn!("{reason}");
-            status.state = medembed_pipeline::status::StageState::Failed;
-            status.last_error = Some(reason);
-            status.save(store, job).await?;
-            return Ok(Vec::new());
+            tracing::warn!(job_id = %job, "{warning}");
+            status.warnings.push(warning);
         }
         status.finish();
         status.save(store, job).await?;

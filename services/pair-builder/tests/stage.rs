@@ -121,7 +121,7 @@ async fn a_corrupt_manifest_or_clean_part_is_a_permanent_error_naming_it() {
 }
 
 #[tokio::test]
-async fn a_corpus_with_nothing_to_train_on_stops_the_job_with_the_reason() {
+async fn a_corpus_with_nothing_to_train_on_goes_on_to_the_trainer_with_a_warning() {
     let (_dir, store, stage) = setup();
     let job = JobId::new();
     put_manifest(store.as_ref(), job, 1).await;
@@ -143,21 +143,29 @@ async fn a_corpus_with_nothing_to_train_on_stops_the_job_with_the_reason() {
         .process(PairsCheck { job_id: job }, &ctx(&store))
         .await
         .expect("built");
-    assert!(out.is_empty(), "no train task without training pairs");
+    // The train task still goes out: the trainer publishes the base model and the job is
+    // indexed with it.
+    assert_eq!(out.len(), 1, "one train task");
     let status = StageStatus::load(store.as_ref(), job, "pairs")
         .await
         .expect("status");
-    assert_eq!(status.state, StageState::Failed);
+    assert_eq!(status.state, StageState::Done);
+    assert_eq!(status.last_error, None);
     assert!(
         status
-            .last_error
-            .as_deref()
-            .is_some_and(|e| e.contains("no positive training pairs"))
+            .warnings
+            .iter()
+            .any(|w| w.contains("no positive training pairs") && w.contains("base model")),
+        "{:?}",
+        status.warnings
     );
-    assert!(
-        store
-            .exists(&keys::pairs_file(job, "stats.json"))
-            .await
-            .expect("head")
-    );
+    for name in ["stats.json", "train.parquet"] {
+        assert!(
+            store
+                .exists(&keys::pairs_file(job, name))
+                .await
+                .expect("head"),
+            "{name}"
+        );
+    }
 }

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::eval::EvalReport;
 use crate::train::TrainOutcome;
+use medembed_model::SentenceEncoder;
 
 /// The file whose presence marks a complete model folder.
 pub const METRICS_FILE: &str = "metrics.json";
@@ -73,6 +74,10 @@ pub struct ModelMetrics {
     pub baseline: SplitReports,
     pub fine_tuned: SplitReports,
     pub created_at: String,
+    /// Why the base model was published unchanged, without training (too few pairs); None
+    /// when it was trained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_trained: Option<String>,
 }
 
 /// Columns of `training_log.parquet`.
@@ -145,8 +150,50 @@ pub fn write_model_folder(
             test: outcome.final_test.clone(),
         },
         created_at: medembed_pipeline::status::now_rfc3339(),
+        not_trained: None,
     };
     std::fs::write(dir.join("README.md"), model_card(&metrics))?;
+    std::fs::write(
+        dir.join(METRICS_FILE),
+        serde_json::to_vec_pretty(&metrics).expect("metrics serialize"),
+    )?;
+    Ok(metrics)
+}
+
+/// Writes the base model unchanged to `dir` as the job's model, for a job with nothing to
+/// train on: the weights, a model card and `metrics.json` that say why (`reason`); no training
+/// log or charts. The job goes on to be indexed with it.
+pub fn write_untrained_folder(
+    dir: &Path,
+    encoder: &SentenceEncoder,
+    settings: &TrainSettings,
+    base_model: &str,
+    data: DataSummary,
+    reason: &str,
+) -> anyhow::Result<ModelMetrics> {
+    encoder.save(dir)?;
+    let metrics = ModelMetrics {
+        base_model: base_model.to_string(),
+        device: format!("{:?}", encoder.vs.device()).to_lowercase(),
+        precision: String::new(),
+        settings: settings.clone(),
+        data,
+        optimizer_steps: 0,
+        best_step: 0,
+        train_seconds: 0.0,
+        pairs_per_second: 0.0,
+        resumes: 0,
+        baseline: SplitReports::default(),
+        fine_tuned: SplitReports::default(),
+        created_at: medembed_pipeline::status::now_rfc3339(),
+        not_trained: Some(reason.to_string()),
+    };
+    let card = format!(
+        "---\nlibrary_name: sentence-transformers\npipeline_tag: sentence-similarity\ntags:\n- sentence-transformers\n- medembed\nbase_model: {base_model}\n---\n\n\
+         # {base_model}, not fine-tuned\n\n\
+         medembed published the base model unchanged for this job: {reason}.\n"
+    );
+    std::fs::write(dir.join("README.md"), card)?;
     std::fs::write(
         dir.join(METRICS_FILE),
         serde_json::to_vec_pretty(&metrics).expect("metrics serialize"),

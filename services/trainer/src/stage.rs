@@ -34,7 +34,9 @@ use prometheus::{Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, Opts, Re
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::artifacts::{DataSummary, METRICS_FILE, ModelMetrics, write_model_folder};
+use crate::artifacts::{
+    DataSummary, METRICS_FILE, ModelMetrics, write_model_folder, write_untrained_folder,
+};
 use crate::checkpoint::StoreCheckpoints;
 use crate::data::{LabelledPair, RetrievalSet, read_pairs};
 use crate::eval::EvalReport;
@@ -401,10 +403,31 @@ impl TrainStage {
         let stop = ctx.shutdown.clone();
         let out_dir = work.path().join("model");
         let folder = out_dir.clone();
+        // Too few pairs to train on: the job still gets a model (the base one, unchanged) and
+        // an index, and says why it was not trained.
+        let positives = inputs.train.iter().filter(|p| p.label >= 0.5).count();
+        let not_trained = (positives == 0).then(|| {
+            format!(
+                "no positive training pairs ({} pairs in pairs/train; see pairs/stats.json)",
+                inputs.train.len()
+            )
+        });
         let (metrics, mut observer) = tokio::task::spawn_blocking(move || {
             let result = (|| -> Result<ModelMetrics, StageError> {
                 let encoder = SentenceEncoder::load(&base_dir, device)
                     .map_err(|e| StageError::permanent(format!("base model {base_model}: {e}")))?;
+                if let Some(reason) = &not_trained {
+                    let data = DataSummary::of(&inputs, 0);
+                    return write_untrained_folder(
+                        &folder,
+                        &encoder,
+                        &settings,
+                        &base_model,
+                        data,
+                        reason,
+                    )
+                    .map_err(|e| StageError::retryable(format!("writing the model folder: {e}")));
+                }
                 let run = Run {
                     settings: &settings,
                     base_model: &base_model,
@@ -444,6 +467,12 @@ impl TrainStage {
             .counts
             .insert("train_pairs".into(), metrics.data.train_pairs as u64);
         status.counts.remove("eta_seconds");
+        if let Some(reason) = &metrics.not_trained {
+            status.warnings.push(format!(
+                "not trained: {reason}; the base model is published unchanged and the job is \
+                 indexed with it"
+            ));
+        }
         status.finish();
         status.save(store.as_ref(), job).await?;
         tracing::info!(

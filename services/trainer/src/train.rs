@@ -322,8 +322,18 @@ impl Run<'_> {
         ));
         observer.phase("tokenizing");
         let examples = Examples::build(s, &self.inputs.train, &encoder)?;
-        let epochs: Vec<Vec<Vec<usize>>> = (0..s.epochs).map(|e| examples.batches(s, e)).collect();
         let accumulation = s.gradient_accumulation;
+        let mut epochs: Vec<Vec<Vec<usize>>> =
+            (0..s.epochs).map(|e| examples.batches(s, e)).collect();
+        if s.max_steps > 0 {
+            // The step budget: keep the batches of the first max_steps steps, in training
+            // order (a step is a group of `accumulation` batches, never across epochs).
+            let mut left = s.max_steps;
+            for batches in &mut epochs {
+                batches.truncate(left * accumulation);
+                left -= batches.len().div_ceil(accumulation);
+            }
+        }
         let total_steps: usize = epochs.iter().map(|b| b.len().div_ceil(accumulation)).sum();
         let warmup = if s.warmup_steps > 0 {
             warmup_steps(total_steps, None, s.warmup_steps)

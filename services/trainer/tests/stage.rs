@@ -201,6 +201,76 @@ async fn pairs_in_the_store_become_a_published_model_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_positive_pairs_publish_the_base_model_unchanged_and_say_why() {
+    let s = setup("60").await;
+    let job = JobId::new();
+    put_pairs(s.store.as_ref(), job).await;
+    // Only the negatives of the training split are left.
+    let key = keys::pairs_file(job, "train.parquet");
+    let negatives: Vec<Pair> = table::read(s.store.as_ref(), &key, &pair_schema())
+        .await
+        .map(|b| medembed_corpus::pairs::pairs_from_batches(&key, &b).expect("pairs"))
+        .expect("read")
+        .into_iter()
+        .filter(|p| p.label < 0.5)
+        .collect();
+    assert!(!negatives.is_empty());
+    let batch = pairs_to_batch(&key, &negatives).expect("batch");
+    table::write(s.store.as_ref(), &key, &pair_schema(), &[batch])
+        .await
+        .expect("written");
+
+    let out = s
+        .stage
+        .process(TrainTask { job_id: job }, &ctx(&s.store, false))
+        .await
+        .expect("publishes the base model");
+    assert!(is_index_task(&out, job), "the job goes on to be indexed");
+    let model = keys::model_prefix(job);
+    let metrics: ModelMetrics = store::read_json(s.store.as_ref(), &format!("{model}metrics.json"))
+        .await
+        .expect("read")
+        .expect("metrics.json");
+    assert_eq!(metrics.optimizer_steps, 0);
+    assert_eq!(metrics.data.train_pairs, negatives.len());
+    let reason = metrics.not_trained.expect("says it did not train");
+    assert!(reason.contains("no positive training pairs"), "{reason}");
+    // A whole model folder (the base weights as the encoder saves them), with a card.
+    for file in [
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "README.md",
+    ] {
+        assert!(
+            s.store
+                .exists(&format!("{model}{file}"))
+                .await
+                .expect("head"),
+            "{file}"
+        );
+    }
+    let card = s
+        .store
+        .get(&format!("{model}README.md"))
+        .await
+        .expect("card");
+    assert!(String::from_utf8_lossy(&card).contains("not fine-tuned"));
+    let status = StageStatus::load(s.store.as_ref(), job, "train")
+        .await
+        .expect("status");
+    assert_eq!(status.state, StageState::Done);
+    assert!(
+        status
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("not trained:")),
+        "{:?}",
+        status.warnings
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_lease_of_another_trainer_defers_a_stale_one_is_taken_over() {
     let s = setup("60").await;
     let job = JobId::new();

@@ -244,6 +244,34 @@ fn gradient_accumulation_takes_one_step_per_group_of_batches() {
     );
 }
 
+#[test]
+fn max_steps_caps_the_steps_over_all_epochs() {
+    let _rng = torch_rng();
+    let inputs = inputs();
+    let setup = setup();
+    let mut s = settings(TrainLoss::Cosine);
+    // 3 epochs of 15 batches (120 pairs in batches of 8), cut to 20 steps of 2 batches.
+    s.gradient_accumulation = 2;
+    s.max_steps = 20;
+    let outcome = train(&setup, &s, &inputs, CancellationToken::new(), &mut Quiet).expect("train");
+    let p = &outcome.progress;
+    assert_eq!(p.step, 20);
+    // Epochs 1 and 2: 15 batches in 8 steps each (the last of one batch); epoch 3: the 4
+    // steps (8 batches) left of the budget.
+    let per_epoch: Vec<usize> = (0..3)
+        .map(|e| p.log.iter().filter(|r| r.epoch == e).count())
+        .collect();
+    assert_eq!(per_epoch, [8, 8, 4]);
+    assert_eq!(p.log.iter().map(|r| r.pairs).sum::<u64>(), 120 + 120 + 64);
+    // The schedule ends at the budget: warmup ceil(0.1 × 20) = 2 steps, then linear decay
+    // over 18, so the last step (index 19) runs at 1/18 of the peak (of 24 steps it would be 5/22).
+    let last = p.log.last().expect("steps").lr;
+    assert!(
+        (last - s.learning_rate / 18.0).abs() < 1e-12,
+        "last lr {last}"
+    );
+}
+
 /// Stops the run (as SIGTERM or Ctrl-C would) once it reaches `at` steps.
 struct StopAt {
     at: usize,

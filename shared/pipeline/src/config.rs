@@ -276,6 +276,9 @@ pub struct TrainSettings {
     pub base_model: String,
     pub loss: TrainLoss,
     pub epochs: usize,
+    /// At most this many optimizer steps in all (0 = every batch of every epoch).
+    #[serde(default)]
+    pub max_steps: usize,
     pub batch_size: usize,
     pub mini_batch_size: usize,
     pub gradient_accumulation: usize,

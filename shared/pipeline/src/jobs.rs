@@ -28,8 +28,10 @@ pub struct JobRequest {
     pub from: Option<String>,
     #[serde(default)]
     pub to: Option<String>,
-    #[serde(default = "default_max_articles")]
-    pub max_articles: u64,
+    /// Stop after this many articles. None: 1000 from E-utilities (a query can match
+    /// millions), and every article of a `files:` source (the user chose those files).
+    #[serde(default)]
+    pub max_articles: Option<u64>,
     /// `eutils` or `files:PATH`.
     #[serde(default = "default_source")]
     pub source: String,
@@ -39,9 +41,9 @@ pub struct JobRequest {
     pub cited_by: bool,
 }
 
-fn default_max_articles() -> u64 {
-    1000
-}
+/// Articles collected from E-utilities when the request does not say.
+pub const DEFAULT_EUTILS_ARTICLES: u64 = 1000;
+
 fn default_source() -> String {
     "eutils".into()
 }
@@ -108,7 +110,11 @@ impl JobRequest {
                 format!("is {} bytes; at most 10000", self.query.len()),
             ));
         }
-        if self.max_articles == 0 || self.max_articles > MAX_ARTICLES {
+        let max_articles = self.max_articles.unwrap_or(match source {
+            ArticleSource::Eutils => DEFAULT_EUTILS_ARTICLES,
+            ArticleSource::Files { .. } => MAX_ARTICLES,
+        });
+        if max_articles == 0 || max_articles > MAX_ARTICLES {
             return Err(invalid(
                 "max_articles",
                 format!("must be 1..={MAX_ARTICLES}"),
@@ -146,7 +152,7 @@ impl JobRequest {
             db: self.db,
             from: self.from,
             to: self.to,
-            max_articles: self.max_articles,
+            max_articles,
             source,
             open_access_only: self.open_access_only,
             cited_by: self.cited_by,
@@ -227,8 +233,17 @@ mod tests {
         let field = |r: JobRequest| r.into_spec().unwrap_err().field;
         assert_eq!(field(request("  ")), "query");
         let mut r = request("q");
-        r.max_articles = 0;
+        r.max_articles = Some(0);
         assert_eq!(field(r), "max_articles");
+        let mut r = request("");
+        r.source = "files:/data/baseline".into();
+        let spec = r.clone().into_spec().expect("files");
+        assert_eq!(
+            spec.max_articles, MAX_ARTICLES,
+            "files: reads every article by default"
+        );
+        r.max_articles = Some(50);
+        assert_eq!(r.into_spec().expect("files").max_articles, 50);
         let mut r = request("q");
         r.from = Some("2024/13".into());
         assert_eq!(field(r), "from");

@@ -105,6 +105,55 @@ impl BeirSet {
         })
     }
 
+    /// Writes the collection to `dir` in the format [`BeirSet::read`] reads, the judgements as
+    /// `qrels/{split}.tsv`: documents and queries in their order, judgements sorted by query and
+    /// document id, so the same set always makes the same bytes.
+    pub fn write(&self, dir: &Path, split: &str) -> Result<()> {
+        use std::io::Write;
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| BeirError::Io { path, source }
+        };
+        let qrels_dir = dir.join("qrels");
+        std::fs::create_dir_all(&qrels_dir).map_err(io(&qrels_dir))?;
+        let write = |path: PathBuf, lines: &mut dyn Iterator<Item = String>| -> Result<()> {
+            let file = std::fs::File::create(&path).map_err(io(&path))?;
+            let mut out = std::io::BufWriter::new(file);
+            for line in lines {
+                writeln!(out, "{line}").map_err(io(&path))?;
+            }
+            out.flush().map_err(io(&path))
+        };
+        write(
+            dir.join("corpus.jsonl"),
+            &mut self.corpus.iter().map(|d| {
+                serde_json::json!({"_id": d.id, "title": d.title, "text": d.text}).to_string()
+            }),
+        )?;
+        write(
+            dir.join("queries.jsonl"),
+            &mut self
+                .queries
+                .iter()
+                .map(|q| serde_json::json!({"_id": q.id, "text": q.text}).to_string()),
+        )?;
+        let sorted: BTreeMap<&String, BTreeMap<&String, f64>> = self
+            .qrels
+            .iter()
+            .map(|(q, judged)| (q, judged.iter().map(|(d, g)| (d, *g)).collect()))
+            .collect();
+        let header = std::iter::once("query-id\tcorpus-id\tscore".to_string());
+        let judgements = sorted.into_iter().flat_map(|(q, judged)| {
+            judged
+                .into_iter()
+                .map(move |(d, g)| format!("{q}\t{d}\t{g}"))
+        });
+        write(
+            qrels_dir.join(format!("{split}.tsv")),
+            &mut header.chain(judgements),
+        )
+    }
+
     /// The judgements of `query` as the measures take them.
     pub fn gains(&self, query: &str) -> HashMap<&str, f64> {
         self.qrels
@@ -314,6 +363,33 @@ mod tests {
                           {\"_id\": 2, \"text\": \"Amyloid plaques.\", \"metadata\": {}}\n";
     const QUERIES: &str =
         "{\"_id\": \"q1\", \"text\": \"tau\"}\n{\"_id\": \"q2\", \"text\": \"unjudged\"}\n";
+
+    #[test]
+    fn a_written_set_reads_back_the_same_and_writes_the_same_bytes() {
+        let dir = folder(
+            CORPUS,
+            QUERIES,
+            "query-id\tcorpus-id\tscore\nq1\td1\t2\nq1\t2\t1\n",
+        );
+        let set = BeirSet::read(dir.path(), "test").unwrap();
+        let out = tempfile::tempdir().unwrap();
+        set.write(out.path(), "dev").unwrap();
+        let back = BeirSet::read(out.path(), "dev").unwrap();
+        assert_eq!(back.corpus, set.corpus);
+        assert_eq!(back.queries, set.queries);
+        assert_eq!(back.qrels, set.qrels);
+        let qrels = std::fs::read_to_string(out.path().join("qrels/dev.tsv")).unwrap();
+        assert_eq!(qrels, "query-id\tcorpus-id\tscore\nq1\t2\t1\nq1\td1\t2\n");
+        let again = tempfile::tempdir().unwrap();
+        set.write(again.path(), "dev").unwrap();
+        for file in ["corpus.jsonl", "queries.jsonl", "qrels/dev.tsv"] {
+            assert_eq!(
+                std::fs::read(out.path().join(file)).unwrap(),
+                std::fs::read(again.path().join(file)).unwrap(),
+                "{file}"
+            );
+        }
+    }
 
     #[test]
     fn reads_documents_queries_and_graded_judgements() {

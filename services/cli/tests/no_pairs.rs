@@ -1,0 +1,189 @@
+//! No dead end: a corpus that yields no training pairs is still indexed and searchable. Two
+//! files of the Alzheimer sample (191 real PubMed records) with their MeSH headings, author
+//! keywords, reference lists and comment/correction links stripped make a job that is done,
+//! searchable in every mode, and says in its summary, status and model card that it did not
+//! train and why. A `files:` source is read whole by default; a given --max-articles that stops
+//! it part-way is named in the summary.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn sample_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../samples/alzheimer/corpus")
+        .join(name)
+}
+
+/// `xml` without every `<tag …>…</tag>` element.
+fn strip(xml: &str, tag: &str) -> String {
+    let (open, close) = (format!("<{tag}"), format!("</{tag}>"));
+    let mut out = String::with_capacity(xml.len());
+    let mut rest = xml;
+    while let Some(start) = rest.find(&open) {
+        out.push_str(&rest[..start]);
+        let end = rest[start..]
+            .find(&close)
+            .unwrap_or_else(|| panic!("unclosed <{tag}>"));
+        rest = &rest[start + end + close.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Two sample files, stripped of everything the pair-builder pairs by, as plain .xml.
+fn bare_corpus(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for name in ["pubmed_0_to_99.xml.gz", "pubmed_100_to_199.xml.gz"] {
+        let mut xml = String::new();
+        flate2::read::GzDecoder::new(std::fs::File::open(sample_file(name)).unwrap())
+            .read_to_string(&mut xml)
+            .unwrap();
+        assert!(
+            xml.contains("<MeshHeadingList>"),
+            "{name} has MeSH to strip"
+        );
+        for tag in [
+            "MeshHeadingList",
+            "KeywordList",
+            "ReferenceList",
+            "CommentsCorrectionsList",
+        ] {
+            xml = strip(&xml, tag);
+        }
+        assert!(!xml.contains("<DescriptorName") && !xml.contains("<Reference>"));
+        std::fs::write(dir.join(name.trim_end_matches(".gz")), xml).unwrap();
+    }
+}
+
+fn medembed(args: &[&str], data: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_medembed"))
+        .args(args)
+        .arg("--data")
+        .arg(data)
+        .env("MEDEMBED__TRAIN__DEVICE", "cpu")
+        .env("MEDEMBED__INDEX__MAX_SEQ_LENGTH", "128")
+        .output()
+        .expect("medembed runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn run(corpus: &Path, data: &Path, extra: &[&str]) -> (String, String) {
+    let source = format!("files:{}", corpus.display());
+    let mut args = vec![
+        "run",
+        "--source",
+        &source,
+        "--base-model",
+        env!("MEDEMBED_TEST_MODEL_DIR"),
+    ];
+    args.extend(extra);
+    let out = medembed(&args, data);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "medembed run failed:\n{stderr}\n{stdout}"
+    );
+    (stdout, stderr)
+}
+
+fn job_id(data: &Path) -> String {
+    let mut jobs: Vec<String> = std::fs::read_dir(data.join("jobs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    jobs.pop().unwrap()
+}
+
+#[test]
+fn a_corpus_without_mesh_or_references_is_indexed_with_the_base_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("bare");
+    bare_corpus(&corpus);
+    let data = tmp.path().join("data");
+    let (summary, stderr) = run(&corpus, &data, &[]);
+    let job = job_id(&data);
+
+    // Done, with every record read (91 + 100 in the two files; no --max-articles: a files:
+    // source is read whole).
+    assert!(summary.contains(&format!("job {job} done")), "{summary}");
+    assert!(summary.contains("articles  191 fetched"), "{summary}");
+    assert!(!summary.contains("--max-articles"), "{summary}");
+    // It says that it did not train, why, and what would help.
+    for expected in [
+        "training  none: no positive training pairs",
+        "published unchanged",
+        "not fine-tuned",
+        "MeSH descriptors, author keywords or reference lists",
+        "index ",
+    ] {
+        assert!(
+            summary.contains(expected),
+            "{expected:?} in:\n{summary}\n{stderr}"
+        );
+    }
+    let metrics: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(data.join("jobs").join(&job).join("model/metrics.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(metrics["optimizer_steps"], 0);
+    assert!(
+        metrics["not_trained"]
+            .as_str()
+            .is_some_and(|r| r.contains("no positive training pairs")),
+        "{metrics}"
+    );
+    let status = medembed(&["status", &job], &data);
+    let status_text = text(&status.stdout);
+    assert!(status.status.success(), "{}", text(&status.stderr));
+    assert!(status_text.contains("not trained"), "{status_text}");
+    assert!(!status_text.contains("FAILED"), "{status_text}");
+
+    // Searchable in every mode; hybrid finds by both rankings.
+    for mode in ["hybrid", "dense", "lexical"] {
+        let out = medembed(
+            &[
+                "search",
+                "--json",
+                "--mode",
+                mode,
+                "amyloid beta plaques in mouse brain",
+            ],
+            &data,
+        );
+        assert!(out.status.success(), "{mode}: {}", text(&out.stderr));
+        let found: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let hits = found["hits"].as_array().unwrap();
+        assert_eq!(hits.len(), 10, "{mode}: {found}");
+        if mode == "hybrid" {
+            assert!(
+                hits.iter()
+                    .any(|h| h["found_by"] == serde_json::json!(["lexical", "dense"])),
+                "{found}"
+            );
+        }
+    }
+    // The summary's printed search command works as printed (the binary's own path).
+    let line = summary
+        .lines()
+        .find(|l| l.contains(" search --data "))
+        .expect("a search command");
+    let program = line.split_whitespace().next().unwrap();
+    assert!(
+        Path::new(program).is_file(),
+        "{program} is the medembed binary"
+    );
+
+    // --max-articles, given, stops a files: source part-way, and the summary says so.
+    let limited = tmp.path().join("limited");
+    let (summary, _) = run(&corpus, &limited, &["--max-articles", "50"]);
+    assert!(summary.contains("articles  50 fetched"), "{summary}");
+    assert!(
+        summary.contains("--max-articles 50 reached: 2 of 2 files not read to the end"),
+        "{summary}"
+    );
+}
