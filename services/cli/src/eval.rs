@@ -149,13 +149,11 @@ pub async fn eval(settings: Settings, args: EvalArgs) -> anyhow::Result<()> {
         fusion,
         results: Vec::new(),
     };
-    let mut push = |mode: SearchMode, model: Option<&str>, r: &Rankings| {
-        report.results.push(ModeResult {
-            mode,
-            model: model.map(str::to_string),
-            measures: measure(&set, &r.by_query),
-            seconds: r.seconds,
-        });
+    let result = |mode: SearchMode, model: Option<&str>, r: &Rankings| ModeResult {
+        mode,
+        model: model.map(str::to_string),
+        measures: measure(&set, &r.by_query),
+        seconds: r.seconds,
     };
 
     // The folder's own BM25, unless the job's index answers.
@@ -172,7 +170,9 @@ pub async fn eval(settings: Settings, args: EvalArgs) -> anyhow::Result<()> {
         _ => lexical_rankings(&set)?,
     };
     if wants(SearchMode::Lexical) {
-        push(SearchMode::Lexical, None, &lexical);
+        report
+            .results
+            .push(result(SearchMode::Lexical, None, &lexical));
     }
     let fused = |dense: &Rankings| Rankings {
         by_query: lexical
@@ -190,18 +190,24 @@ pub async fn eval(settings: Settings, args: EvalArgs) -> anyhow::Result<()> {
         seconds: lexical.seconds + dense.seconds,
     };
     let dense_modes = wants(SearchMode::Dense) || wants(SearchMode::Hybrid);
+    // A model folder's dense and hybrid rows, over the folder's corpus embedded with it.
+    let score_model = |label: &str, dir: &Path| -> anyhow::Result<Vec<ModeResult>> {
+        let dense = dense_rankings(&set, dir)?;
+        let mut rows = Vec::new();
+        if wants(SearchMode::Dense) {
+            rows.push(result(SearchMode::Dense, Some(label), &dense));
+        }
+        if wants(SearchMode::Hybrid) {
+            rows.push(result(SearchMode::Hybrid, Some(label), &fused(&dense)));
+        }
+        Ok(rows)
+    };
 
     if let Some(model) = &args.model {
         report.models.push(("model".into(), model.clone()));
         if dense_modes {
-            let dense = dense_rankings(&set, model)?;
             let label = model.display().to_string();
-            if wants(SearchMode::Dense) {
-                push(SearchMode::Dense, Some(&label), &dense);
-            }
-            if wants(SearchMode::Hybrid) {
-                push(SearchMode::Hybrid, Some(&label), &fused(&dense));
-            }
+            report.results.extend(score_model(&label, model)?);
         }
     }
     if let Some(job) = &job_search {
@@ -215,13 +221,7 @@ pub async fn eval(settings: Settings, args: EvalArgs) -> anyhow::Result<()> {
             ),
         }
         if let (Some(base), true) = (&base, dense_modes) {
-            let dense = dense_rankings(&set, base)?;
-            if wants(SearchMode::Dense) {
-                push(SearchMode::Dense, Some("base"), &dense);
-            }
-            if wants(SearchMode::Hybrid) {
-                push(SearchMode::Hybrid, Some("base"), &fused(&dense));
-            }
+            report.results.extend(score_model("base", base)?);
         }
         // Where the job's model is in its store (model_dir is a temporary copy).
         report
@@ -230,17 +230,12 @@ pub async fn eval(settings: Settings, args: EvalArgs) -> anyhow::Result<()> {
         if same_corpus {
             for mode in [SearchMode::Dense, SearchMode::Hybrid] {
                 if wants(mode) {
-                    push(mode, Some("job"), &job.rankings(&set, mode).await?);
+                    let rankings = job.rankings(&set, mode).await?;
+                    report.results.push(result(mode, Some("job"), &rankings));
                 }
             }
         } else if dense_modes {
-            let dense = dense_rankings(&set, &job.model_dir)?;
-            if wants(SearchMode::Dense) {
-                push(SearchMode::Dense, Some("job"), &dense);
-            }
-            if wants(SearchMode::Hybrid) {
-                push(SearchMode::Hybrid, Some("job"), &fused(&dense));
-            }
+            report.results.extend(score_model("job", &job.model_dir)?);
         }
     }
 

@@ -54,8 +54,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     pub max_articles: Option<u64>,
     /// `eutils` (NCBI E-utilities, for --query) or `files:PATH` (a directory, file or
-    /// s3://bucket/prefix of PubMed .xml.gz, PMC .nxml/.xml or .tar.gz packages). The sample
-    /// corpus: files:samples/corpus.
+    /// s3://bucket/prefix of PubMed .xml.gz, PMC .nxml/.xml or .tar.gz packages). The samples:
+    /// files:samples/alzheimer/corpus (3,690 PubMed records on one topic), files:samples/corpus.
     #[arg(long, default_value = "eutils")]
     pub source: String,
     /// Base model to fine-tune: a Hugging Face hub id, a local model folder or

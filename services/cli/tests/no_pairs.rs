@@ -1,8 +1,8 @@
 //! No dead end: a corpus that yields no training pairs is still indexed and searchable. Two
 //! files of the Alzheimer sample (191 real PubMed records) with their MeSH headings, author
 //! keywords, reference lists and comment/correction links stripped make a job that is done,
-//! searchable in every mode, and says in its summary, status and model card that it did not
-//! train and why. A `files:` source is read whole by default; a given --max-articles that stops
+//! searchable in every mode (and by `medembed eval --job` over its own index), and says in its
+//! summary, status and model card that it did not train and why. A `files:` source is read whole by default; a given --max-articles that stops
 //! it part-way is named in the summary.
 
 use std::io::Read;
@@ -176,6 +176,99 @@ fn a_corpus_without_mesh_or_references_is_indexed_with_the_base_model() {
     assert!(
         Path::new(program).is_file(),
         "{program} is the medembed binary"
+    );
+
+    // `medembed eval --job` over a collection whose corpus is the job's own (every indexed
+    // document, as dense search with a large k lists them): the job's index answers. Queries
+    // are three documents' titles under other ids, each judging its own document relevant.
+    let out = medembed(
+        &[
+            "search", "--json", "--mode", "dense", "-k", "1000", "anything",
+        ],
+        &data,
+    );
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let documents = all["hits"].as_array().unwrap();
+    assert_eq!(documents.len(), 185, "every indexed document");
+    let beir = tmp.path().join("beir");
+    std::fs::create_dir_all(beir.join("qrels")).unwrap();
+    let line = |v: serde_json::Value| v.to_string() + "\n";
+    let corpus_lines: String = documents
+        .iter()
+        .map(|d| {
+            line(serde_json::json!({"_id": d["id"], "title": d["title"], "text": d["snippet"]}))
+        })
+        .collect();
+    std::fs::write(beir.join("corpus.jsonl"), corpus_lines).unwrap();
+    let picked = [&documents[3], &documents[60], &documents[150]];
+    let queries: String = picked
+        .iter()
+        .enumerate()
+        .map(|(i, d)| line(serde_json::json!({"_id": format!("q{i}"), "text": d["title"]})))
+        .collect();
+    std::fs::write(beir.join("queries.jsonl"), queries).unwrap();
+    let qrels: String = picked
+        .iter()
+        .enumerate()
+        .map(|(i, d)| format!("q{i}\t{}\t1\n", d["id"].as_str().unwrap()))
+        .collect();
+    std::fs::write(
+        beir.join("qrels/test.tsv"),
+        format!("query-id\tcorpus-id\tscore\n{qrels}"),
+    )
+    .unwrap();
+    let out = medembed(
+        &[
+            "eval",
+            "--beir",
+            beir.to_str().unwrap(),
+            "--job",
+            &job,
+            "--json",
+        ],
+        &data,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["job_index"], true, "{report}");
+    let rows: Vec<(String, String)> = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["mode"].as_str().unwrap().into(),
+                r["model"].as_str().unwrap_or("-").into(),
+            )
+        })
+        .collect();
+    let row = |m: &str, model: &str| (m.to_string(), model.to_string());
+    assert_eq!(
+        rows,
+        [
+            row("lexical", "-"),
+            row("dense", "base"),
+            row("dense", "job"),
+            row("hybrid", "base"),
+            row("hybrid", "job")
+        ]
+    );
+    // A title finds its own article first by BM25, and in the job's own hybrid search.
+    for r in report["results"].as_array().unwrap() {
+        if r["model"] != "base" && r["mode"] != "dense" {
+            assert!((r["mrr_at_10"].as_f64().unwrap() - 1.0).abs() < 1e-9, "{r}");
+        }
+    }
+    // A corpus with no relations has no dev set, and says why.
+    let out = medembed(
+        &["dev-set", "--out", tmp.path().join("dev").to_str().unwrap()],
+        &data,
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no held-out article has a citation or MeSH relation"),
+        "{}",
+        text(&out.stderr)
     );
 
     // --max-articles, given, stops a files: source part-way, and the summary says so.
