@@ -499,6 +499,32 @@ async fn check_api(api: &Api, job: JobId, encoder: &SentenceEncoder, some_id: &s
         .await
         .expect("readyz");
     assert_eq!(ready.status().as_u16(), 200);
+
+    // Security headers on the UI, the API (also an error) and health; no CORS.
+    for path in ["/", "/ui/app.js", "/api/clusters", "/api/nope", "/healthz"] {
+        let answer = api
+            .client
+            .get(format!("{}{path}", api.base))
+            .header("origin", "https://elsewhere.example")
+            .send()
+            .await
+            .expect("get");
+        let header = |name: &str| {
+            answer
+                .headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_string())
+        };
+        let csp = header("content-security-policy").unwrap_or_default();
+        assert!(
+            csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'"),
+            "{path}: {csp:?}"
+        );
+        assert_eq!(header("x-content-type-options").as_deref(), Some("nosniff"));
+        assert_eq!(header("x-frame-options").as_deref(), Some("DENY"));
+        assert_eq!(header("referrer-policy").as_deref(), Some("no-referrer"));
+        assert_eq!(header("access-control-allow-origin"), None, "{path}");
+    }
 }
 
 async fn check_bad_requests(api: &Api, job: JobId) {

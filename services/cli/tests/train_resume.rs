@@ -47,6 +47,16 @@ fn train_command(train: &Path, out: &Path, base: &Path, extra_env: &[(&str, &str
     cmd
 }
 
+/// Runs `command`, which must fail with `wanted` in its error output.
+fn refused(mut command: Command, wanted: &str) {
+    let output = command.output().expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains(wanted),
+        "{wanted:?}: {stderr}"
+    );
+}
+
 fn metrics(out: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(out.join("metrics.json")).expect("metrics.json"))
         .expect("metrics.json parses")
@@ -171,20 +181,23 @@ fn bad_arguments_and_files_are_named() {
             "{args:?}: {stderr}"
         );
     }
-    let output = train_command(&bad_csv, &out, &base, &[])
-        .output()
-        .expect("runs");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !output.status.success() && stderr.contains("bad.csv: row 3"),
-        "{stderr}"
+    refused(train_command(&bad_csv, &out, &base, &[]), "bad.csv: row 3");
+    // A folder of other files is not written into; a file is not a folder.
+    let foreign = tmp.path().join("notes");
+    std::fs::create_dir_all(&foreign).expect("mkdir");
+    std::fs::write(foreign.join("thesis.tex"), "mine").expect("write");
+    refused(
+        medembed(&foreign, &base, &[]),
+        "is not empty (it holds thesis.tex",
     );
-    let missing = medembed(&out, Path::new("/nonexistent/model"), &[])
-        .output()
-        .expect("runs");
-    let stderr = String::from_utf8_lossy(&missing.stderr);
-    assert!(
-        !missing.status.success() && stderr.contains("/nonexistent/model"),
-        "{stderr}"
+    assert_eq!(
+        std::fs::read_dir(&foreign).expect("ls").count(),
+        1,
+        "nothing was written"
+    );
+    refused(medembed(&bad_csv, &base, &[]), "a file, not a folder");
+    refused(
+        medembed(&out, Path::new("/nonexistent/model"), &[]),
+        "/nonexistent/model",
     );
 }

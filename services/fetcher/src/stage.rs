@@ -570,8 +570,20 @@ fn send_file(
     }
 }
 
+/// Deepest folder nesting a `files:` walk goes into, below its root.
+pub const MAX_WALK_DEPTH: usize = 32;
+/// Most bulk files one `files:` source may list (the PubMed baseline is ~1,300 files; PMC OA
+/// bulk packages a few thousand).
+pub const MAX_WALK_FILES: usize = 1_000_000;
+
 /// Bulk files under `path` (or `path` itself), sorted by name so parts are deterministic.
+///
+/// Symbolic links are followed (a corpus folder of links to the real files is common), but each
+/// folder is entered once, by its canonical path, so a link loop ends the walk instead of
+/// running forever; the walk also stops with an error deeper than [`MAX_WALK_DEPTH`] or past
+/// [`MAX_WALK_FILES`] files.
 pub fn list_local(path: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    let invalid = |message: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, message);
     if path.is_file() {
         return Ok(vec![path.to_path_buf()]);
     }
@@ -582,13 +594,28 @@ pub fn list_local(path: &std::path::Path) -> std::io::Result<Vec<std::path::Path
         ));
     }
     let mut out = Vec::new();
-    let mut stack = vec![path.to_path_buf()];
-    while let Some(dir) = stack.pop() {
+    let mut entered = std::collections::HashSet::new();
+    let mut stack = vec![(path.to_path_buf(), 0usize)];
+    while let Some((dir, depth)) = stack.pop() {
+        if !entered.insert(dir.canonicalize()?) {
+            continue; // reached again through a link
+        }
         for entry in std::fs::read_dir(&dir)? {
             let p = entry?.path();
             if p.is_dir() {
-                stack.push(p);
-            } else if FileKind::of(&p.to_string_lossy()).is_some() {
+                if depth + 1 > MAX_WALK_DEPTH {
+                    return Err(invalid(format!(
+                        "{}: folders nested deeper than {MAX_WALK_DEPTH} levels",
+                        p.display()
+                    )));
+                }
+                stack.push((p, depth + 1));
+            } else if FileKind::of(&p.to_string_lossy()).is_some() && p.is_file() {
+                if out.len() == MAX_WALK_FILES {
+                    return Err(invalid(format!(
+                        "more than {MAX_WALK_FILES} bulk files: name a narrower folder"
+                    )));
+                }
                 out.push(p);
             }
         }

@@ -127,6 +127,7 @@ pub async fn run(
             job.out.display()
         );
     }
+    refuse_foreign_folder(&job.out)?;
     let inputs = read_inputs(&job)?;
     observer.phase(&format!(
         "{} train pairs, {} val pairs, {} test pairs",
@@ -167,6 +168,32 @@ pub async fn run(
         Ok(metrics)
     })
     .await?
+}
+
+/// `out` must be missing, empty, or one of this command's interrupted runs (it holds
+/// `.checkpoints/`): the model folder is written over whatever else is there, so a folder of other
+/// files is refused, naming one of them, rather than mixed with or overwritten by the model.
+fn refuse_foreign_folder(out: &Path) -> anyhow::Result<()> {
+    let entries = match std::fs::read_dir(out) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+            bail!("--out {}: a file, not a folder", out.display())
+        }
+        Err(e) => return Err(e).with_context(|| format!("--out {}", out.display())),
+    };
+    if out.join(".checkpoints").is_dir() {
+        return Ok(());
+    }
+    if let Some(entry) = entries.flatten().next() {
+        bail!(
+            "--out {} is not empty (it holds {}, and no interrupted run of medembed train): \
+             choose a new or empty folder",
+            out.display(),
+            entry.file_name().to_string_lossy()
+        );
+    }
+    Ok(())
 }
 
 fn remove_checkpoints(out: &Path) {
