@@ -102,8 +102,13 @@ impl From<QueryRejection> for ApiError {
 }
 
 impl From<medembed_pipeline::store::StoreError> for ApiError {
+    /// The store's own error (its key layout, raw S3 bodies, local paths) goes to the log only:
+    /// callers learn that the store did not answer, not how the deployment is laid out.
     fn from(e: medembed_pipeline::store::StoreError) -> Self {
-        Self::unavailable(format!("object store: {e}"))
+        tracing::error!(error = %e, "object store request failed");
+        Self::unavailable(
+            "the object store did not answer; try again later (the api's log has the details)",
+        )
     }
 }
 
@@ -129,3 +134,27 @@ impl From<medembed_indexer::IndexError> for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use medembed_pipeline::store::StoreError;
+
+    #[test]
+    fn store_errors_reach_callers_without_their_raw_text() {
+        let e: ApiError = StoreError::S3 {
+            op: "get",
+            key: "jobs/01ABC/index/vectors.bin".into(),
+            message: "<Error><Code>AccessDenied</Code><BucketName>prod-secret</BucketName></Error>"
+                .into(),
+            retryable: true,
+        }
+        .into();
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.code, "unavailable");
+        for leaked in ["prod-secret", "AccessDenied", "jobs/01ABC", "vectors.bin"] {
+            assert!(!e.message.contains(leaked), "{leaked} in {:?}", e.message);
+        }
+        assert!(e.message.contains("object store"), "{}", e.message);
+    }
+}
