@@ -401,9 +401,8 @@ async fn summary(
             out,
             "            The base model ({base}) is published unchanged and the corpus is indexed \
              with it:\n            search works (BM25 + base model), but it is not fine-tuned to \
-             this corpus.\n            To train, collect records with MeSH descriptors, author \
-             keywords or reference lists\n            (citations), or more articles on one topic; \
-             or lower pairs.mesh_threshold / pairs.keyword_threshold."
+             this corpus.\n            To train: {}.",
+            medembed_corpus::pairs::HOW_TO_GET_PAIRS
         )?;
     } else if let Some(m) = &metrics {
         writeln!(

@@ -306,10 +306,9 @@ impl Stage for PairStage {
             // gets search; the warning says why and what would help.
             let warning = format!(
                 "no positive training pairs from {} documents (see pairs/stats.json): the job is \
-                 indexed with the base model, not fine-tuned. Records with MeSH descriptors, \
-                 author keywords or reference lists make pairs; so do more articles on one topic, \
-                 or lower pairs.mesh_threshold / pairs.keyword_threshold",
-                corpus.len()
+                 indexed with the base model, not fine-tuned. {}",
+                corpus.len(),
+                medembed_corpus::pairs::HOW_TO_GET_PAIRS
             );
             tracing::warn!(job_id = %job, "{warning}");
             status.warnings.push(warning);

@@ -108,6 +108,12 @@ pub fn pairs_from_batches(key: &str, batches: &[RecordBatch]) -> Result<Vec<Pair
     rows_from_batches(key, batches)
 }
 
+/// What to tell a user whose corpus made no training pairs (the pair-builder's warning and the
+/// job's summary say the same).
+pub const HOW_TO_GET_PAIRS: &str = "records with MeSH descriptors, author keywords or reference \
+     lists make pairs; so do more articles on one topic, or lower pairs.mesh_threshold / \
+     pairs.keyword_threshold";
+
 /// `pairs/stats.json`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct PairStats {
