@@ -138,6 +138,7 @@ pub struct StoreSettings {
     pub multipart_threshold_bytes: u64,
     pub multipart_part_size_bytes: u64,
     pub max_attempts: u32,
+    pub request_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -607,6 +608,9 @@ impl Settings {
                 "must be at least store.multipart_part_size_bytes",
             ));
         }
+        if s.request_timeout_secs == 0 {
+            return Err(invalid("store.request_timeout_secs", "must be at least 1"));
+        }
         if s.max_attempts == 0 {
             return Err(invalid("store.max_attempts", "must be at least 1"));
         }
@@ -822,6 +826,13 @@ mod tests {
         let err = Settings::load_with_env(None, env(&[("MEDEMBED__STORE__BACKEND", "ftp")]))
             .expect_err("must fail");
         assert!(err.to_string().contains("store.backend"), "{err}");
+        let err =
+            Settings::load_with_env(None, env(&[("MEDEMBED__STORE__REQUEST_TIMEOUT_SECS", "0")]))
+                .expect_err("must fail");
+        assert!(
+            err.to_string().contains("store.request_timeout_secs"),
+            "{err}"
+        );
     }
 
     #[test]

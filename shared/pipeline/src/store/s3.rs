@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
-    retry::RetryConfig,
+    retry::RetryConfig, timeout::TimeoutConfig,
 };
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
@@ -33,7 +33,18 @@ impl S3Store {
     pub async fn new(settings: &StoreSettings) -> Result<Self> {
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(settings.region.clone()))
-            .retry_config(RetryConfig::standard().with_max_attempts(settings.max_attempts));
+            .retry_config(RetryConfig::standard().with_max_attempts(settings.max_attempts))
+            // Without an attempt timeout a request whose connection stops answering waits
+            // forever (seen: a trainer's checkpoint upload hung its task); with it, the attempt
+            // fails as a timeout and is retried.
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(std::time::Duration::from_secs(10))
+                    .operation_attempt_timeout(std::time::Duration::from_secs(
+                        settings.request_timeout_secs,
+                    ))
+                    .build(),
+            );
         if !settings.endpoint.is_empty() {
             loader = loader.endpoint_url(&settings.endpoint);
         }
