@@ -2,11 +2,16 @@
 manifests and provides the tools). Each check prints what it checked; any failure exits 1 with
 the offending file and field named.
 
-  python3 deploy/check_deploy.py RENDERED_DIR
+  python3 deploy/check_deploy.py RENDERED_DIR PROMTOOL
 
 RENDERED_DIR holds base.yaml, dev.yaml and prod.yaml (kustomize output) and nothing else.
+
+The security checks (service accounts, tokens, per-pod secrets, NetworkPolicies, storage limits,
+what the Ingress publishes, digests in prod) are then run against mutated copies of the rendered
+manifests: each mutation must be caught, so that a check that silently stopped working fails.
 """
 
+import copy
 import json
 import pathlib
 import re
@@ -126,6 +131,198 @@ def check_rendered(rendered):
                     fail(f"{where}: no /healthz liveness probe")
 
 
+SECRETS_DIR = "/var/run/secrets/medembed/"
+WORKER_SECRET = "medembed-secrets"
+API_SECRET = "medembed-api-secrets"
+METRICS_PORT = 9464
+
+
+def pod_spec(doc):
+    spec = doc.get("spec", {})
+    template = spec.get("template") or spec.get("jobTemplate", {}).get("spec", {}).get("template")
+    return (template or {}).get("spec"), (template or {}).get("metadata", {}).get("labels", {})
+
+
+def selects(selector, labels):
+    """Whether a label selector (matchLabels, matchExpressions with In) selects `labels`."""
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expr in selector.get("matchExpressions") or []:
+        if expr["operator"] == "In" and labels.get(expr["key"]) not in expr["values"]:
+            return False
+    return True
+
+
+def policy_ports(rules):
+    return {p.get("port") for rule in rules or [] for p in rule.get("ports", [])}
+
+
+def security_failures(name, docs):
+    """What is wrong with the security of one rendered file (`name`: base, dev or prod)."""
+    out = []
+    accounts = {d["metadata"]["name"]: d for d in docs if d.get("kind") == "ServiceAccount"}
+    policies = [d for d in docs if d.get("kind") == "NetworkPolicy"]
+    services = {d["metadata"]["name"]: d for d in docs if d.get("kind") == "Service"}
+    if not any(
+        p["spec"].get("podSelector") == {}
+        and set(p["spec"].get("policyTypes", [])) == {"Ingress", "Egress"}
+        and not p["spec"].get("ingress")
+        and not p["spec"].get("egress")
+        for p in policies
+    ):
+        out.append(f"{name}: no default-deny NetworkPolicy (podSelector {{}}, Ingress and Egress, no rules)")
+    for doc in docs:
+        kind, dname = doc.get("kind"), doc.get("metadata", {}).get("name", "")
+        where = f"{name} {kind}/{dname}"
+        if kind not in ("Deployment", "StatefulSet", "Job") or not dname.startswith("medembed"):
+            continue
+        pod, labels = pod_spec(doc)
+        if pod.get("automountServiceAccountToken") is not False:
+            out.append(f"{where}: automountServiceAccountToken must be false")
+        account = pod.get("serviceAccountName")
+        if account != dname:
+            out.append(f"{where}: serviceAccountName must be its own ({dname}), not {account}")
+        elif account not in accounts:
+            out.append(f"{where}: no ServiceAccount {account}")
+        elif accounts[account].get("automountServiceAccountToken") is not False:
+            out.append(f"{where}: ServiceAccount {account} must set automountServiceAccountToken: false")
+        for volume in pod.get("volumes", []):
+            if "emptyDir" in volume and not (volume["emptyDir"] or {}).get("sizeLimit"):
+                out.append(f"{where}: emptyDir {volume['name']} has no sizeLimit")
+        used = set()
+        for c in pod.get("containers", []):
+            if not c.get("resources", {}).get("limits", {}).get("ephemeral-storage"):
+                out.append(f"{where}: container {c['name']}: no ephemeral-storage limit")
+            for env in c.get("env", []):
+                if str(env.get("value", "")).startswith(SECRETS_DIR):
+                    used.add(env["value"][len(SECRETS_DIR):])
+        is_api = dname == "medembed-api"
+        for volume in pod.get("volumes", []):
+            secret = volume.get("secret")
+            if not secret:
+                continue
+            wanted = API_SECRET if is_api else WORKER_SECRET
+            if secret.get("secretName") != wanted:
+                out.append(
+                    f"{where}: mounts Secret {secret.get('secretName')}; it may mount only {wanted} "
+                    "(the api never holds the workers' credentials, nor workers the api's)"
+                )
+            items = {i["key"] for i in secret.get("items") or []}
+            if not secret.get("items"):
+                out.append(f"{where}: Secret volume {volume['name']} mounts every key; list its items")
+            elif items != used:
+                out.append(
+                    f"{where}: Secret items {sorted(items)} differ from the keys it uses {sorted(used)} "
+                    "(each pod mounts only the secret keys it uses; a key not used must not be mounted)"
+                )
+        if kind == "Deployment":
+            selecting = [p for p in policies if selects(p["spec"].get("podSelector", {}), labels)]
+            if not any(5672 in policy_ports(p["spec"].get("egress")) for p in selecting):
+                out.append(f"{where}: no NetworkPolicy allows its egress to the broker (5672)")
+            if not any(METRICS_PORT in policy_ports(p["spec"].get("ingress")) for p in selecting):
+                out.append(f"{where}: no NetworkPolicy allows scraping its metrics port ({METRICS_PORT})")
+            if is_api and not any(8080 in policy_ports(p["spec"].get("ingress")) for p in selecting):
+                out.append(f"{where}: no NetworkPolicy lets the ingress controller reach the api (8080)")
+            annotations = doc["spec"]["template"].get("metadata", {}).get("annotations", {})
+            if is_api and annotations.get("prometheus.io/port") != str(METRICS_PORT):
+                out.append(f"{where}: the api's metrics must be scraped on {METRICS_PORT}, not its API port")
+    # What the Ingress publishes: never a metrics port.
+    for doc in docs:
+        if doc.get("kind") != "Ingress":
+            continue
+        for rule in doc["spec"].get("rules", []):
+            for path in rule.get("http", {}).get("paths", []):
+                backend = path["backend"]["service"]
+                service = services.get(backend["name"])
+                if not service:
+                    out.append(f"{name} Ingress/{doc['metadata']['name']}: no Service {backend['name']}")
+                    continue
+                for port in service["spec"]["ports"]:
+                    routed = backend["port"].get("name") == port.get("name") or backend["port"].get("number") == port["port"]
+                    if routed and (port.get("targetPort") == "metrics" or METRICS_PORT in (port["port"], port.get("targetPort"))):
+                        out.append(f"{name} Ingress/{doc['metadata']['name']}: routes the metrics port of Service {backend['name']}")
+    if name == "prod":
+        for doc in docs:
+            for c in containers(doc):
+                if not re.search(r"@sha256:[0-9a-f]{64}$", c.get("image", "")):
+                    out.append(f"prod {doc['kind']}/{doc['metadata']['name']}: image {c.get('image')} is not pinned by digest")
+    return out
+
+
+def find(docs, kind, name):
+    return next(d for d in docs if d.get("kind") == kind and d["metadata"]["name"] == name)
+
+
+def env_of(doc, env_name):
+    return next(e for e in doc["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"] == env_name)
+
+
+# Each mutation breaks one rule in a copy of a rendered file; the checks must catch it.
+MUTATIONS = [
+    ("a pod automounts its token", "base",
+     lambda d: find(d, "Deployment", "medembed-fetcher")["spec"]["template"]["spec"].pop("automountServiceAccountToken"),
+     "automountServiceAccountToken"),
+    ("a component shares the default ServiceAccount", "base",
+     lambda d: find(d, "Deployment", "medembed-cleaner")["spec"]["template"]["spec"].update(serviceAccountName="default"),
+     "serviceAccountName"),
+    ("a ServiceAccount mounts tokens", "base",
+     lambda d: find(d, "ServiceAccount", "medembed-trainer").pop("automountServiceAccountToken"),
+     "ServiceAccount medembed-trainer"),
+    ("no default deny", "base",
+     lambda d: d.remove(find(d, "NetworkPolicy", "medembed-default-deny")),
+     "default-deny"),
+    ("no egress to the broker", "base",
+     lambda d: d.remove(find(d, "NetworkPolicy", "medembed-broker-and-store")),
+     "egress to the broker"),
+    ("no scrape ingress", "base",
+     lambda d: d.remove(find(d, "NetworkPolicy", "medembed-metrics-scrape")),
+     "scraping its metrics port"),
+    ("the api holds the workers' secret", "base",
+     lambda d: next(v for v in find(d, "Deployment", "medembed-api")["spec"]["template"]["spec"]["volumes"] if "secret" in v)["secret"].update(secretName=WORKER_SECRET),
+     "may mount only medembed-api-secrets"),
+    ("a worker mounts every secret key", "base",
+     lambda d: next(v for v in find(d, "Deployment", "medembed-indexer")["spec"]["template"]["spec"]["volumes"] if "secret" in v)["secret"].pop("items"),
+     "mounts every key"),
+    ("a worker mounts a key it does not use", "base",
+     lambda d: next(v for v in find(d, "Deployment", "medembed-cleaner")["spec"]["template"]["spec"]["volumes"] if "secret" in v)["secret"]["items"].append({"key": "ncbi-api-key", "path": "ncbi-api-key"}),
+     "differ from the keys it uses"),
+    ("an emptyDir without sizeLimit", "base",
+     lambda d: next(v for v in find(d, "Deployment", "medembed-pair-builder")["spec"]["template"]["spec"]["volumes"] if v["name"] == "tmp").update(emptyDir={}),
+     "has no sizeLimit"),
+    ("no ephemeral-storage limit", "base",
+     lambda d: find(d, "Deployment", "medembed-trainer")["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"].pop("ephemeral-storage"),
+     "ephemeral-storage"),
+    ("the Ingress routes /metrics", "base",
+     lambda d: find(d, "Ingress", "medembed-api")["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"].update(name="medembed-api-metrics", port={"name": "metrics"}),
+     "routes the metrics port"),
+    ("the api scraped on its API port", "base",
+     lambda d: find(d, "Deployment", "medembed-api")["spec"]["template"]["metadata"]["annotations"].update({"prometheus.io/port": "8080"}),
+     "scraped on 9464"),
+    ("a prod image by tag", "prod",
+     lambda d: find(d, "Deployment", "medembed-api")["spec"]["template"]["spec"]["containers"][0].update(image="ghcr.io/medembed/medembed-torch:0.1.0-cuda"),
+     "not pinned by digest"),
+]
+
+
+def check_security(rendered):
+    docs = {p.stem: [d for d in yaml.safe_load_all(p.read_text()) if d] for p in sorted(rendered.glob("*.yaml"))}
+    for name, file_docs in docs.items():
+        problems = security_failures(name, file_docs)
+        for problem in problems:
+            fail(problem)
+        if not problems:
+            print(f"{name}.yaml: service accounts, tokens, per-pod secrets, NetworkPolicies, storage limits, Ingress ports{', digests' if name == 'prod' else ''} pass")
+    for description, target, mutate, expected in MUTATIONS:
+        mutated = copy.deepcopy(docs[target])
+        mutate(mutated)
+        caught = [p for p in security_failures(target, mutated) if expected in p]
+        if caught:
+            print(f"mutation caught: {description}: {caught[0]}")
+        else:
+            fail(f"mutation not caught: {description} (expected a failure mentioning {expected!r})")
+
+
 def check_dockerfiles():
     for dockerfile in sorted((ROOT / "deploy/docker").glob("Dockerfile.*")):
         text = dockerfile.read_text()
@@ -160,7 +357,38 @@ def check_dockerfiles():
         for key, value in (service.get("environment") or {}).items():
             if SECRET_NAME.search(key) and value and not str(value).startswith("${"):
                 fail(f"compose service {name}: {key} has a literal value")
+    problems = compose_identity_failures(compose)
+    for problem in problems:
+        fail(problem)
+    mutated = copy.deepcopy(compose)
+    mutated["services"]["cleaner"]["environment"] = {
+        **mutated["services"]["cleaner"]["environment"],
+        "MEDEMBED__STORE__ACCESS_KEY_ID": mutated["services"]["minio"]["environment"]["MINIO_ROOT_USER"],
+    }
+    if not any("MinIO's root" in p for p in compose_identity_failures(mutated)):
+        fail("mutation not caught: a compose worker as MinIO's root")
+    else:
+        print("mutation caught: a compose worker as MinIO's root")
     print(f"compose.yaml: {len(compose['services'])} services checked")
+
+
+def compose_identity_failures(compose):
+    """medembed's services must not log in as MinIO's root or RabbitMQ's default (admin) user."""
+    out = []
+    services = compose["services"]
+    root = services["minio"]["environment"]["MINIO_ROOT_USER"]
+    admin = services["rabbitmq"]["environment"]["RABBITMQ_DEFAULT_USER"]
+    for name, service in services.items():
+        if not service.get("build"):
+            continue
+        env = service.get("environment") or {}
+        url = env.get("MEDEMBED__QUEUE__AMQP_URL", "")
+        amqp_user = env.get("MEDEMBED__QUEUE__AMQP_USERNAME") or url.split("://")[-1].split("@")[0].split(":")[0]
+        if env.get("MEDEMBED__STORE__ACCESS_KEY_ID") == root:
+            out.append(f"compose service {name}: uses MinIO's root user {root}")
+        if amqp_user == admin:
+            out.append(f"compose service {name}: uses RabbitMQ's default admin user {admin}")
+    return out
 
 
 def dashboard_expressions():
@@ -189,6 +417,7 @@ def main():
     rendered = pathlib.Path(sys.argv[1])
     promtool = sys.argv[2]
     check_rendered(rendered)
+    check_security(rendered)
     check_dockerfiles()
     check_promql(promtool)
     if failures:

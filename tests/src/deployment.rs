@@ -45,8 +45,11 @@ pub struct Deployment {
     pub queue: Arc<dyn Queue>,
     pub store: Arc<dyn ObjectStore>,
     pub api_port: u16,
+    /// The api's keys (it is started with them, and allows `files:` sources of the samples).
+    pub keys: crate::api::TestKeys,
     pub dir: tempfile::TempDir,
-    /// The `/metrics` port of every process started, by binary (the api's is `api_port`).
+    /// The `/metrics` port of every process started, by binary (the api's is apart from
+    /// `api_port`).
     pub metrics_ports: BTreeMap<String, Vec<u16>>,
     processes: BTreeMap<String, Vec<Child>>,
 }
@@ -70,6 +73,7 @@ impl Deployment {
             queue,
             store,
             api_port: free_port(),
+            keys: crate::api::TestKeys::new(),
             dir,
             metrics_ports: BTreeMap::new(),
             processes: BTreeMap::new(),
@@ -83,11 +87,7 @@ impl Deployment {
             .append(true)
             .open(self.log_path(bin))
             .expect("log file");
-        let port = if bin == API {
-            self.api_port
-        } else {
-            free_port()
-        };
+        let port = free_port();
         let mut cmd = Command::new(binary(bin));
         cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("RUST_LOG", "info,lapin=warn,aws=warn,hyper=warn")
@@ -95,7 +95,18 @@ impl Deployment {
             .stdout(Stdio::null())
             .stderr(log);
         if bin == API {
-            cmd.arg("--listen").arg(format!("127.0.0.1:{port}"));
+            let samples = sample_corpus()
+                .parent()
+                .expect("samples/")
+                .canonicalize()
+                .expect("samples/ exists");
+            cmd.arg("--listen")
+                .arg(format!("127.0.0.1:{}", self.api_port))
+                .env("MEDEMBED__API__KEYS", &self.keys.entries)
+                .env(
+                    "MEDEMBED__API__ALLOWED_SOURCES",
+                    samples.display().to_string(),
+                );
         }
         self.metrics_ports
             .entry(bin.to_string())
@@ -176,9 +187,25 @@ impl Deployment {
         format!("http://127.0.0.1:{}{path}", self.api_port)
     }
 
-    /// Submits a job through `POST /api/jobs` (retrying while the api starts); its id.
+    /// An HTTP client that sends the api's submit key.
+    pub fn http(&self) -> reqwest::Client {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {}", self.keys.submit)
+                .parse()
+                .expect("a header value"),
+        );
+        reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .expect("client")
+    }
+
+    /// Submits a job through `POST /api/jobs` with the submit key (retrying while the api
+    /// starts); its id.
     pub async fn submit(&self, request: serde_json::Value) -> JobId {
-        let client = reqwest::Client::new();
+        let client = self.http();
         for _ in 0..300 {
             if let Ok(response) = client
                 .post(self.api("/api/jobs"))

@@ -28,7 +28,11 @@ fn settings(prefix: &str, root: &std::path::Path) -> Settings {
         QueueBackend::Memory,
         StoreBackend::S3,
         root,
-        &[("MEDEMBED__FETCH__ARTICLES_PER_PART", "8")],
+        &[
+            ("MEDEMBED__FETCH__ARTICLES_PER_PART", "8"),
+            // This test makes many requests at once; the rate limit is tested in api_security.
+            ("MEDEMBED__API__REQUEST_BURST", "10000"),
+        ],
     )
 }
 
@@ -478,10 +482,12 @@ async fn check_api(api: &Api, job: JobId, encoder: &SentenceEncoder, some_id: &s
     assert_eq!(new_detail["state"], "pending");
     assert_eq!(new_detail["spec"]["query"], "malaria vaccines");
 
-    // Health and metrics.
+    // Health and metrics: /metrics on its own port, not the API's.
+    let (status, _) = api.get("/metrics").await;
+    assert_eq!(status, 404, "the API port does not serve /metrics");
     let metrics = api
         .client
-        .get(format!("{}/metrics", api.base))
+        .get(format!("{}/metrics", api._served.metrics_base))
         .send()
         .await
         .expect("metrics")

@@ -113,7 +113,10 @@ async fn scrape(d: &Deployment) -> Prometheus {
         ("medembed-workers", workers, "/metrics"),
         (
             "medembed-api",
-            vec![format!("127.0.0.1:{}", d.api_port)],
+            d.metrics_ports[API]
+                .iter()
+                .map(|p| format!("127.0.0.1:{p}"))
+                .collect(),
             "/metrics",
         ),
         (
@@ -349,7 +352,8 @@ async fn a_job_survives_kills_a_broker_restart_an_s3_outage_and_poison_with_iden
 
     // The api serves the job's index: a title finds its article.
     let title = "A Novel Coronavirus from Patients with Pneumonia in China, 2019.";
-    let hits: serde_json::Value = reqwest::Client::new()
+    let hits: serde_json::Value = d
+        .http()
         .post(d.api("/api/search"))
         .json(&serde_json::json!({ "query": title, "k": 3, "job": job.to_string() }))
         .send()

@@ -1,14 +1,15 @@
 //! The web UI in a real headless Chromium (Debian's `chromium` and `chromium-driver`, driven over
 //! WebDriver): each page loads, a search shows ranked results with the searched article first, a
 //! similarity is computed, the map draws its points and a click lists neighbours, and a job
-//! submitted through the form is listed. Screenshots of each page are saved under
+//! submitted through the form is listed. The api has keys: without one only the key prompt
+//! shows; a read key searches but gets no job form; a submit key submits. Screenshots of each page are saved under
 //! `$CARGO_TARGET_TMPDIR/web-ui/` (the test prints where).
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use medembed_e2e::api::serve_api;
+use medembed_e2e::api::{TestKeys, serve_api_with};
 use medembed_e2e::fixture_job::indexed_job;
 use medembed_indexer::search::JobIndex;
 use medembed_pipeline::config::{QueueBackend, StoreBackend};
@@ -99,6 +100,17 @@ async fn click(client: &Client, css: &str) {
         .unwrap_or_else(|e| panic!("click {css}: {e}"));
 }
 
+/// Types `key` into the key prompt and submits it.
+async fn enter_key(client: &Client, key: &str) {
+    let field = client
+        .find(Locator::Css("#key"))
+        .await
+        .expect("the key field");
+    field.clear().await.expect("clear");
+    field.send_keys(key).await.expect("type the key");
+    click(client, "#use-key").await;
+}
+
 async fn screenshot(client: &Client, name: &str) {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("web-ui");
     std::fs::create_dir_all(&dir).expect("screenshot folder");
@@ -130,13 +142,49 @@ async fn every_page_works_in_headless_chromium() {
         .expect("a fixture article with a long title")
         .clone();
 
-    let api = serve_api(&settings, store.clone(), None).await;
+    let keys = TestKeys::new();
+    let api = serve_api_with(&settings, store.clone(), None, keys.access()).await;
     let (base, queue) = (api.base.clone(), api.queue.clone());
 
     let (_driver, client) = browser().await;
 
-    // Search: the article's title finds it first.
+    // Without a key: only the key prompt; a wrong key is refused and the prompt stays.
     client.goto(&format!("{base}/")).await.expect("search page");
+    wait_for(
+        &client,
+        "the key prompt alone",
+        "!document.querySelector('#key-form').hidden && document.querySelector('#content').hidden",
+    )
+    .await;
+    let options = client
+        .execute(
+            "return document.querySelector('#job').options.length;",
+            vec![],
+        )
+        .await
+        .expect("options");
+    assert_eq!(options.as_u64(), Some(0), "no job listed without a key");
+    screenshot(&client, "key-prompt").await;
+    enter_key(&client, "me_not-a-key").await;
+    wait_for(
+        &client,
+        "the wrong key refused",
+        "document.querySelector('#error').textContent.includes('not valid') \
+         && !document.querySelector('#key-form').hidden",
+    )
+    .await;
+
+    // A read key: its role shows, and search works.
+    enter_key(&client, &keys.read).await;
+    wait_for(
+        &client,
+        "signed in with the read key",
+        "document.querySelector('#who').textContent === 'reader (read)' \
+         && !document.querySelector('#content').hidden",
+    )
+    .await;
+
+    // Search: the article's title finds it first.
     wait_for(
         &client,
         "the job picker",
@@ -309,7 +357,7 @@ async fn every_page_works_in_headless_chromium() {
     .await;
     screenshot(&client, "map").await;
 
-    // Jobs: the finished job is listed; a job submitted through the form appears.
+    // Jobs: the finished job is listed; the read key gets no job form.
     client
         .goto(&format!("{base}/jobs"))
         .await
@@ -320,6 +368,31 @@ async fn every_page_works_in_headless_chromium() {
         &format!(
             "document.querySelector('#jobs tr[data-id=\"{job}\"] .state')?.textContent === 'done'"
         ),
+    )
+    .await;
+    wait_for(
+        &client,
+        "no job form for a read key",
+        "document.querySelector('#submit-form').hidden \
+         && !document.querySelector('#submit-not-allowed').hidden",
+    )
+    .await;
+    screenshot(&client, "jobs-read-key").await;
+
+    // Forget the read key, sign in with a submit key: a job submitted through the form appears.
+    click(&client, "#forget-key").await;
+    wait_for(
+        &client,
+        "the key prompt again",
+        "!document.querySelector('#key-form').hidden",
+    )
+    .await;
+    enter_key(&client, &keys.submit).await;
+    wait_for(
+        &client,
+        "the job form for a submit key",
+        "document.querySelector('#who').textContent === 'submitter (submit)' \
+         && !document.querySelector('#submit-form').hidden",
     )
     .await;
     client

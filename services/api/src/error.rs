@@ -17,7 +17,8 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable, machine-readable: `invalid_request`, `malformed_json`, `too_large`, `not_found`,
-    /// `not_ready`, `unavailable`, `internal`.
+    /// `not_ready`, `unauthorized`, `forbidden`, `rate_limited`, `busy`, `timeout`,
+    /// `unavailable`, `internal`.
     pub code: String,
     /// What was wrong, naming the field, job or limit.
     pub message: String,
@@ -29,6 +30,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Sent as Retry-After (whole seconds, at least 1) on 429 and 503.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl ApiError {
@@ -37,7 +40,24 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// The same error, telling the caller when to try again.
+    pub fn retry_after(mut self, wait: std::time::Duration) -> Self {
+        self.retry_after = Some(wait);
+        self
+    }
+
+    /// 429 `rate_limited`: a rate or quota of the caller's is used up.
+    pub fn rate_limited(message: impl Into<String>, wait: std::time::Duration) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message).retry_after(wait)
+    }
+
+    /// 503 `busy`: the service is at capacity; the request was not queued.
+    pub fn busy(message: impl Into<String>, wait: std::time::Duration) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "busy", message).retry_after(wait)
     }
 
     /// 422: the request parsed but a field's value is not acceptable.
@@ -74,7 +94,15 @@ impl IntoResponse for ApiError {
                 message: self.message,
             },
         };
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(wait) = self.retry_after {
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs),
+            );
+        }
+        response
     }
 }
 
@@ -114,8 +142,12 @@ impl From<medembed_pipeline::store::StoreError> for ApiError {
 
 impl From<crate::embedder::EmbedError> for ApiError {
     fn from(e: crate::embedder::EmbedError) -> Self {
+        use crate::embedder::EmbedError;
         match e {
-            crate::embedder::EmbedError::Busy => Self::unavailable(e.to_string()),
+            EmbedError::Busy => Self::busy(e.to_string(), std::time::Duration::from_secs(1)),
+            EmbedError::TooManyTokens { .. } => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", e.to_string())
+            }
             other => Self::internal(other.to_string()),
         }
     }

@@ -1,5 +1,6 @@
 //! `medembed_api_*` metrics, recorded by one middleware for every route: requests by endpoint
-//! (the route's pattern, so cardinality stays bounded) and status, and their latency.
+//! (the route's pattern, so cardinality stays bounded) and status, and their latency; and
+//! per API key (by its configured name, never the key) how its requests were let through.
 
 use std::time::Instant;
 
@@ -13,6 +14,7 @@ pub struct ApiMetrics {
     pub registry: Registry,
     pub requests: IntCounterVec,
     pub duration: HistogramVec,
+    pub by_key: IntCounterVec,
 }
 
 impl ApiMetrics {
@@ -34,13 +36,27 @@ impl ApiMetrics {
             ]),
             &["endpoint"],
         )?;
+        let by_key = IntCounterVec::new(
+            Opts::new(
+                "medembed_api_key_requests_total",
+                "API requests by key name (`anonymous` without one) and outcome: allowed, unauthorized, forbidden, rate_limited.",
+            ),
+            &["key", "outcome"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(by_key.clone()))?;
         Ok(Self {
             registry,
             requests,
             duration,
+            by_key,
         })
+    }
+
+    /// One API request of key `name` and what became of it at the door.
+    pub fn count_auth(&self, name: &str, outcome: &str) {
+        self.by_key.with_label_values(&[name, outcome]).inc();
     }
 }
 

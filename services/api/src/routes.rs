@@ -9,20 +9,21 @@ use std::time::Instant;
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use base64::Engine;
 use medembed_indexer::search::{SearchHit, SearchMode};
 use medembed_indexer::tables::{MapPoint, TopicCluster};
 use medembed_pipeline::jobs::{self, JobRequest};
-use medembed_pipeline::messages::{Database, JobId, JobSpec};
+use medembed_pipeline::messages::{ArticleSource, Database, JobId, JobSpec};
 use medembed_pipeline::status::{StageState, StageStatus};
 use medembed_pipeline::store::StoreError;
 use medembed_pipeline::{keys, store};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::auth::{Caller, Role};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::state::{AppState, ModelKey, parse_job};
 
@@ -142,7 +143,7 @@ pub async fn search_job(
         SearchMode::Lexical => None,
         SearchMode::Hybrid | SearchMode::Dense => loaded
             .embedder
-            .embed(vec![query.to_string()])
+            .embed(vec![query.to_string()], state.limits.admit_texts(1)?)
             .await?
             .vectors
             .into_iter()
@@ -212,7 +213,11 @@ pub async fn similarity(
     check_text("b", &request.b, max)?;
     let job = state.job_or_newest(request.job.as_deref()).await?;
     let loaded = state.load(ModelKey::Job(job)).await?;
-    let embedded = loaded.embedder.embed(vec![request.a, request.b]).await?;
+    let permit = state.limits.admit_texts(2)?;
+    let embedded = loaded
+        .embedder
+        .embed(vec![request.a, request.b], permit)
+        .await?;
     let (a, b) = (
         medembed_indexer::vectors::unit(&embedded.vectors[0]),
         medembed_indexer::vectors::unit(&embedded.vectors[1]),
@@ -470,7 +475,8 @@ pub async fn embeddings(
             loaded.embedder.dimension()
         )));
     }
-    let embedded = loaded.embedder.embed(texts).await?;
+    let permit = state.limits.admit_texts(texts.len())?;
+    let embedded = loaded.embedder.embed(texts, permit).await?;
     let data = embedded
         .vectors
         .into_iter()
@@ -495,6 +501,32 @@ pub async fn embeddings(
             total_tokens: embedded.tokens,
         },
     }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Who am I
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WhoAmI {
+    /// The key's name, or `anonymous`.
+    pub name: String,
+    pub role: Role,
+    /// Whether this role may submit jobs.
+    pub can_submit: bool,
+}
+
+/// The caller's key name and role (what the web UI shows after a key is entered).
+#[utoipa::path(
+    get, path = "/api/whoami", tag = "jobs",
+    responses((status = 200, body = WhoAmI))
+)]
+pub async fn whoami(Extension(caller): Extension<Caller>) -> Json<WhoAmI> {
+    Json(WhoAmI {
+        can_submit: caller.role >= Role::Submit,
+        name: caller.name,
+        role: caller.role,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -537,19 +569,25 @@ pub struct SubmitResponse {
     pub status_url: String,
 }
 
-/// Queue a new collection job.
+/// Queue a new collection job (the `submit` role). API jobs are limited by the operator:
+/// E-utilities, or a `files:` source under `api.allowed_sources`; at most
+/// `api.max_articles_per_job` articles; at most `api.max_active_jobs_per_key` pending or running
+/// per key and `api.max_active_jobs` in all.
 #[utoipa::path(
     post, path = "/api/jobs", tag = "jobs",
     request_body = SubmitRequest,
     responses(
         (status = 201, body = SubmitResponse),
         (status = 400, body = ErrorBody),
+        (status = 403, description = "The key may not submit, or the source or an option is not allowed for API jobs", body = ErrorBody),
         (status = 422, description = "A field is invalid (named in the message)", body = ErrorBody),
+        (status = 429, description = "Too many active jobs for this key or in all", body = ErrorBody),
         (status = 503, description = "No broker to queue on", body = ErrorBody),
     )
 )]
 pub async fn submit(
     State(state): Shared,
+    Extension(caller): Extension<Caller>,
     body: Result<Json<SubmitRequest>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<SubmitResponse>)> {
     let Json(r) = body?;
@@ -568,13 +606,22 @@ pub async fn submit(
         open_access_only: r.open_access_only.unwrap_or(true),
         cited_by: r.cited_by.unwrap_or(false),
     };
-    let spec = request
+    let request = within_api_limits(&state, request)?;
+    let mut spec = request
         .into_spec()
         .map_err(|e| ApiError::invalid(e.to_string()))?;
+    spec.submitted_by = Some(caller.name.clone());
+    let _one_at_a_time = state.submit_lock.lock().await;
+    check_active_jobs(&state, &caller).await?;
     jobs::submit(state.store.as_ref(), queue.as_ref(), &spec)
         .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
-    tracing::info!(job = %spec.job_id, query = %spec.query, "job submitted");
+        .map_err(|e| {
+            tracing::error!(error = %e, "queueing a job failed");
+            ApiError::unavailable(
+                "the job could not be queued; try again later (the api's log has the details)",
+            )
+        })?;
+    tracing::info!(job = %spec.job_id, query = %spec.query, key = %caller.name, "job submitted");
     Ok((
         StatusCode::CREATED,
         Json(SubmitResponse {
@@ -582,6 +629,83 @@ pub async fn submit(
             status_url: format!("/api/jobs/{}", spec.job_id),
         }),
     ))
+}
+
+fn forbidden(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+}
+
+/// The request as the operator allows API jobs to be: the source on the allowlist, the options
+/// allowed, and `max_articles` within `api.max_articles_per_job` (its default capped there).
+fn within_api_limits(state: &AppState, mut request: JobRequest) -> ApiResult<JobRequest> {
+    let api = &state.settings.api;
+    let source: ArticleSource = request
+        .source
+        .parse()
+        .map_err(|e: String| ApiError::invalid(format!("source: {e}")))?;
+    if let ArticleSource::Files { path } = &source {
+        state.sources.check(path).map_err(forbidden)?;
+    }
+    if !request.open_access_only && !api.allow_not_open_access {
+        return Err(forbidden(
+            "open_access_only = false is not allowed for API jobs here (api.allow_not_open_access)",
+        ));
+    }
+    if request.cited_by && !api.allow_cited_by {
+        return Err(forbidden(
+            "cited_by = true is not allowed for API jobs here (api.allow_cited_by)",
+        ));
+    }
+    let cap = api.max_articles_per_job;
+    request.max_articles = match request.max_articles {
+        Some(n) if n > cap => {
+            return Err(ApiError::invalid(format!(
+                "max_articles is {n}; API jobs collect at most {cap} (api.max_articles_per_job)"
+            )));
+        }
+        Some(n) => Some(n),
+        None => Some(match source {
+            ArticleSource::Eutils => jobs::DEFAULT_EUTILS_ARTICLES.min(cap),
+            ArticleSource::Files { .. } => cap,
+        }),
+    };
+    Ok(request)
+}
+
+/// 429 when the caller's key, or everyone together, has as many pending or running jobs as
+/// allowed.
+async fn check_active_jobs(state: &AppState, caller: &Caller) -> ApiResult<()> {
+    let api = &state.settings.api;
+    let (mut mine, mut all) = (0, 0);
+    for spec in jobs::list(state.store.as_ref()).await?.iter().flatten() {
+        let stages = stage_statuses(state, spec.job_id).await?;
+        if matches!(job_state(&stages), "pending" | "running") {
+            all += 1;
+            if spec.submitted_by.as_deref() == Some(caller.name.as_str()) {
+                mine += 1;
+            }
+        }
+    }
+    let wait = std::time::Duration::from_secs(60);
+    if mine >= api.max_active_jobs_per_key {
+        return Err(ApiError::rate_limited(
+            format!(
+                "key {:?} has {mine} jobs pending or running; at most {} (api.max_active_jobs_per_key): wait for one to finish",
+                caller.name, api.max_active_jobs_per_key
+            ),
+            wait,
+        ));
+    }
+    if all >= api.max_active_jobs {
+        return Err(ApiError::rate_limited(
+            format!(
+                "{all} jobs are pending or running; at most {} at once (api.max_active_jobs): wait for one to finish",
+                api.max_active_jobs
+            ),
+            wait,
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -685,7 +809,8 @@ pub struct JobDetail {
     /// The job as submitted.
     #[schema(value_type = Object)]
     pub spec: serde_json::Value,
-    /// Each stage's full status: timings, counts, warnings, last error.
+    /// Each stage's full status: timings, counts, warnings, last error (its text for admin
+    /// keys only).
     #[schema(value_type = Vec<Object>)]
     pub stage_status: Vec<serde_json::Value>,
     /// Pair statistics (`pairs/stats.json`), once the pairs are built.
@@ -700,6 +825,10 @@ pub struct JobDetail {
     /// Links to the training charts, once trained.
     pub files: Vec<String>,
 }
+
+/// What non-admin callers see in place of a stage's last error.
+pub const HIDDEN_ERROR: &str =
+    "the stage reported an error; its text is shown to admin keys and in the workers' logs";
 
 async fn optional_json(state: &AppState, key: &str) -> ApiResult<Option<serde_json::Value>> {
     match state.store.get(key).await {
@@ -720,6 +849,7 @@ async fn optional_json(state: &AppState, key: &str) -> ApiResult<Option<serde_js
 )]
 pub async fn job_detail(
     State(state): Shared,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<JobDetail>> {
     let job = parse_job(&id)?;
@@ -742,7 +872,14 @@ pub async fn job_detail(
         spec: serde_json::to_value(&spec).expect("a spec is plain data"),
         stage_status: stages
             .iter()
-            .map(|s| serde_json::to_value(s).expect("a status is plain data"))
+            .map(|s| {
+                let mut s = s.clone();
+                if caller.role < Role::Admin && s.last_error.is_some() {
+                    // Raw store, broker and NCBI text is for operators.
+                    s.last_error = Some(HIDDEN_ERROR.into());
+                }
+                serde_json::to_value(&s).expect("a status is plain data")
+            })
             .collect(),
         pairs: optional_json(&state, &keys::pairs_file(job, "stats.json")).await?,
         training,

@@ -11,16 +11,61 @@ function showError(message) {
   box.hidden = !message;
 }
 
+// The API key, kept for this tab only (sessionStorage: gone when the tab closes).
+const KEY = "medembed.key";
+const apiKey = () => sessionStorage.getItem(KEY);
+
+function authHeaders() {
+  const key = apiKey();
+  return key ? { authorization: `Bearer ${key}` } : {};
+}
+
 async function api(path, options = {}) {
-  const init = { ...options, headers: { "content-type": "application/json" } };
+  const init = { ...options, headers: { "content-type": "application/json", ...authHeaders() } };
   if (options.body !== undefined) init.body = JSON.stringify(options.body);
   const response = await fetch(path, init);
   const body = await response.json().catch(() => ({}));
   if (!response.ok) {
     const message = body.error ? body.error.message : `${response.status} ${response.statusText}`;
+    if (response.status === 401) askForKey(message);
     throw new Error(message);
   }
   return body;
+}
+
+// An image behind the API key: fetched with it, shown from a blob: URL.
+async function authImage(src, alt) {
+  const img = el("img", { alt });
+  const response = await fetch(src, { headers: authHeaders() });
+  if (response.ok) img.src = URL.createObjectURL(await response.blob());
+  return img;
+}
+
+// Without a valid key only the key form shows; a key that was refused says why.
+function askForKey(message) {
+  const refused = !!apiKey();
+  sessionStorage.removeItem(KEY);
+  $("#content").hidden = true;
+  $("#key-form").hidden = false;
+  $("#forget-key").hidden = true;
+  $("#who").textContent = "";
+  showError(refused ? message : "");
+}
+
+// Who the key belongs to; shows the page, and the job form only to keys that may submit.
+async function signIn() {
+  const who = await api("/api/whoami");
+  $("#key-form").hidden = true;
+  $("#content").hidden = false;
+  $("#who").textContent = `${who.name} (${who.role})`;
+  $("#who").dataset.role = who.role;
+  $("#forget-key").hidden = !apiKey();
+  const form = $("#submit-form");
+  if (form) {
+    form.hidden = !who.can_submit;
+    $("#submit-not-allowed").hidden = who.can_submit;
+  }
+  return who;
 }
 
 function el(tag, attrs = {}, ...children) {
@@ -249,7 +294,7 @@ async function showJob(id) {
     if (job.training && job.training.baseline && job.training.fine_tuned) {
       detail.append(el("h3", { text: `Training (${job.training.base_model})` }), metricsTable(job.training));
     }
-    for (const file of job.files) detail.append(el("img", { src: file, alt: file }));
+    for (const file of job.files) detail.append(await authImage(file, file));
     detail.hidden = false;
   } catch (e) { showError(e.message); }
 }
@@ -286,8 +331,25 @@ function jobsPage() {
 
 // ---- Start ---------------------------------------------------------------------------------
 for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.nav === page);
-loadJobs()
-  .catch((e) => showError(e.message))
-  .finally(() => {
-    ({ search: searchPage, similarity: similarityPage, map: mapPage, jobs: jobsPage })[page]();
-  });
+
+function startPage() {
+  return loadJobs()
+    .catch((e) => showError(e.message))
+    .finally(() => {
+      ({ search: searchPage, similarity: similarityPage, map: mapPage, jobs: jobsPage })[page]();
+    });
+}
+
+$("#key-form").onsubmit = async (event) => {
+  event.preventDefault();
+  showError("");
+  sessionStorage.setItem(KEY, $("#key").value.trim());
+  $("#key").value = "";
+  try {
+    await signIn();
+    await startPage();
+  } catch (e) { showError(e.message); }
+};
+$("#forget-key").onclick = () => askForKey("");
+
+signIn().then(startPage, () => {});

@@ -432,6 +432,7 @@ fn response_tree(
     let limits = Limits {
         max_record_bytes: 256 * 1024 * 1024,
         max_depth: 64,
+        ..Limits::default()
     };
     let mut reader = RecordReader::new(Cursor::new(body), endpoint, root, limits);
     match reader.next_record() {

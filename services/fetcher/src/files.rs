@@ -154,8 +154,49 @@ pub fn read_document(
     Ok(())
 }
 
-/// Reads every article of one bulk file (`.xml`, `.nxml`, `.xml.gz`, `.tar.gz`).
-/// Members of a tarball that are not XML are passed over.
+/// A reader that fails once more than `max` bytes came through: what stops a gzip bomb (a
+/// small file that decompresses without end) at `fetch.max_file_bytes`, with that reason.
+struct Capped<R> {
+    inner: R,
+    name: String,
+    left: u64,
+    max: u64,
+}
+
+impl<R: Read> Capped<R> {
+    fn new(inner: R, name: &str, max: u64) -> Self {
+        Self {
+            inner,
+            name: name.to_string(),
+            left: max,
+            max,
+        }
+    }
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            // One byte more tells a file of exactly `max` bytes from a longer one.
+            let mut probe = [0u8; 1];
+            return match self.inner.read(&mut probe)? {
+                0 => Ok(0),
+                _ => Err(std::io::Error::other(format!(
+                    "{} decompresses to more than {} bytes (fetch.max_file_bytes): a gzip bomb, or raise the limit",
+                    self.name, self.max
+                ))),
+            };
+        }
+        let want = buf.len().min(self.left.min(usize::MAX as u64) as usize);
+        let n = self.inner.read(&mut buf[..want])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// Reads every article of one bulk file (`.xml`, `.nxml`, `.xml.gz`, `.tar.gz`), streaming:
+/// nothing but the current record is held in memory, and no file or member may decompress
+/// past `limits.max_file_bytes`. Members of a tarball that are not XML are passed over.
 pub fn read_file(
     name: &str,
     kind: FileKind,
@@ -164,13 +205,18 @@ pub fn read_file(
     each: &mut dyn FnMut(Result<RawArticle, XmlError>),
     on_document_error: &mut dyn FnMut(FileError),
 ) -> Result<(), FileError> {
+    let cap = limits.max_file_bytes;
     match kind {
-        FileKind::Xml => read_document(name, input, limits, each),
-        FileKind::XmlGz => {
-            read_document(name, flate2::read::MultiGzDecoder::new(input), limits, each)
-        }
+        FileKind::Xml => read_document(name, Capped::new(input, name, cap), limits, each),
+        FileKind::XmlGz => read_document(
+            name,
+            Capped::new(flate2::read::MultiGzDecoder::new(input), name, cap),
+            limits,
+            each,
+        ),
         FileKind::TarGz => {
-            let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(input));
+            let mut archive =
+                tar::Archive::new(Capped::new(flate2::read::GzDecoder::new(input), name, cap));
             let entries = archive.entries().map_err(|source| FileError::Io {
                 name: name.to_string(),
                 source,
@@ -196,7 +242,7 @@ pub fn read_file(
                     Some(FileKind::XmlGz) => {
                         if let Err(e) = read_document(
                             &member,
-                            flate2::read::MultiGzDecoder::new(entry),
+                            Capped::new(flate2::read::MultiGzDecoder::new(entry), &member, cap),
                             limits,
                             each,
                         ) {
@@ -214,6 +260,64 @@ pub fn read_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_file_that_decompresses_past_the_cap_fails_with_that_reason() {
+        use std::io::Write;
+        // 64 MB of valid, small, skipped elements: about 100 KB gzipped.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(b"<PubmedArticleSet>").unwrap();
+        let filler =
+            b"<DeleteCitation><PMID Version=\"1\">1</PMID></DeleteCitation>\n".repeat(1024);
+        let mut written = 0;
+        while written < 64 << 20 {
+            gz.write_all(&filler).unwrap();
+            written += filler.len();
+        }
+        gz.write_all(b"</PubmedArticleSet>").unwrap();
+        let bomb = gz.finish().unwrap();
+        assert!(bomb.len() < 1 << 20, "{} bytes", bomb.len());
+        let limits = Limits {
+            max_file_bytes: 8 << 20,
+            ..Limits::default()
+        };
+        let errors = std::cell::RefCell::new(Vec::new());
+        let mut each = |r: Result<RawArticle, XmlError>| {
+            if let Err(e) = r {
+                errors.borrow_mut().push(e.to_string());
+            }
+        };
+        let mut on_doc = |e: FileError| errors.borrow_mut().push(e.to_string());
+        read_file(
+            "bomb.xml.gz",
+            FileKind::XmlGz,
+            &bomb[..],
+            limits,
+            &mut each,
+            &mut on_doc,
+        )
+        .unwrap();
+        let errors = errors.into_inner();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains("bomb.xml.gz") && errors[0].contains("fetch.max_file_bytes"),
+            "{errors:?}"
+        );
+        // Under the cap the same file reads to its end.
+        let mut errors = 0;
+        let mut each = |r: Result<RawArticle, XmlError>| errors += r.is_err() as usize;
+        let mut on_doc = |_: FileError| {};
+        read_file(
+            "ok.xml.gz",
+            FileKind::XmlGz,
+            &bomb[..],
+            Limits::default(),
+            &mut each,
+            &mut on_doc,
+        )
+        .unwrap();
+        assert_eq!(errors, 0);
+    }
 
     #[test]
     fn kinds_by_name_and_formats_by_content() {

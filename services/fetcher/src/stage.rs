@@ -91,6 +91,7 @@ impl FetchStage {
         Limits {
             max_record_bytes: self.fetch.max_record_bytes,
             max_depth: self.fetch.max_xml_depth,
+            max_file_bytes: self.fetch.max_file_bytes,
         }
     }
 }
@@ -116,14 +117,17 @@ pub async fn load_spec(store: &dyn ObjectStore, job: JobId) -> Result<JobSpec, S
         .map_err(|e| StageError::permanent(format!("job {job}: {key}: {e}")))
 }
 
-/// Collects articles into parts of `per_part`, keeping parts that already exist.
+/// Collects articles into parts of `per_part` (or fewer, once they hold `max_part_bytes`),
+/// keeping parts that already exist.
 struct Parts<'a> {
     job: JobId,
     store: &'a dyn ObjectStore,
     per_part: usize,
+    max_part_bytes: u64,
     max_articles: u64,
     accepted: u64,
     buffer: Vec<RawArticle>,
+    buffer_bytes: u64,
     seen: HashSet<String>,
     manifest: RawManifest,
     metrics: &'a FetchMetrics,
@@ -158,7 +162,13 @@ impl<'a> Parts<'a> {
             return self.skip("duplicate");
         }
         self.accepted += 1;
+        self.buffer_bytes += article.approx_bytes() as u64;
         self.buffer.push(article);
+    }
+
+    /// Whether the buffer makes a part: `per_part` articles, or `max_part_bytes` of them.
+    fn part_ready(&self) -> bool {
+        self.buffer.len() >= self.per_part || self.buffer_bytes >= self.max_part_bytes
     }
 
     fn record_error(&mut self, e: &XmlError) {
@@ -200,6 +210,7 @@ impl<'a> Parts<'a> {
         let part = self.next_part();
         let key = keys::raw_part(self.job, part);
         let articles = std::mem::take(&mut self.buffer);
+        self.buffer_bytes = 0;
         let count = match self.existing(part).await? {
             Some(n) => n,
             None => {
@@ -250,9 +261,11 @@ impl Stage for FetchStage {
                     job,
                     store,
                     per_part: self.fetch.articles_per_part,
+                    max_part_bytes: self.fetch.max_part_bytes,
                     max_articles: spec.max_articles,
                     accepted: 0,
                     buffer: Vec::new(),
+                    buffer_bytes: 0,
                     seen: HashSet::new(),
                     manifest: RawManifest {
                         version: 1,
@@ -457,6 +470,16 @@ impl FetchStage {
     ) -> Result<(), StageError> {
         let job = parts.job;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Item>(256);
+        // Articles read but not yet in a part are bounded in bytes, not only in number: the
+        // reader waits for room (its permit goes when the article reaches the part buffer).
+        let budget = u32::try_from(self.fetch.max_buffered_bytes).unwrap_or(u32::MAX);
+        let room = Arc::new(tokio::sync::Semaphore::new(budget as usize));
+        let sender = ItemSender {
+            tx,
+            room: room.clone(),
+            budget,
+            runtime: tokio::runtime::Handle::current(),
+        };
         let limits = self.limits();
         let producer: tokio::task::JoinHandle<Result<(), StageError>> =
             if let Some(rest) = path.strip_prefix("s3://") {
@@ -473,17 +496,30 @@ impl FetchStage {
                 status.total = files.len() as u64;
                 tokio::spawn(async move {
                     for key in files {
-                        let data = source.get(&key).await?;
-                        let tx = tx.clone();
                         let name = format!("s3://{bucket}/{key}");
-                        tokio::task::spawn_blocking(move || {
-                            if let Some(kind) = FileKind::of(&name) {
-                                send_file(&name, kind, std::io::Cursor::new(data), limits, &tx);
+                        // Streamed as it is parsed: a bulk object of many GB never sits in
+                        // memory whole.
+                        let body = match source.reader(&key).await {
+                            Ok(body) => body,
+                            Err(e) if e.is_retryable() => return Err(e.into()),
+                            Err(e) => {
+                                sender.send(Item::FileError(format!("{name}: {e}")));
+                                sender.send(Item::FileDone);
+                                continue;
                             }
-                            let _ = tx.blocking_send(Item::FileDone);
+                        };
+                        let sender = sender.clone();
+                        let open = tokio::task::spawn_blocking(move || {
+                            if let Some(kind) = FileKind::of(&name) {
+                                send_file(&name, kind, body, limits, &sender);
+                            }
+                            sender.send(Item::FileDone)
                         })
                         .await
                         .expect("reader does not panic");
+                        if !open {
+                            break;
+                        }
                     }
                     Ok(())
                 })
@@ -496,12 +532,12 @@ impl FetchStage {
                         let name = file.display().to_string();
                         let kind = FileKind::of(&name).expect("listed files have a known kind");
                         match std::fs::File::open(&file) {
-                            Ok(f) => send_file(&name, kind, f, limits, &tx),
+                            Ok(f) => send_file(&name, kind, f, limits, &sender),
                             Err(e) => {
-                                let _ = tx.blocking_send(Item::FileError(format!("{name}: {e}")));
+                                sender.send(Item::FileError(format!("{name}: {e}")));
                             }
                         }
-                        if tx.blocking_send(Item::FileDone).is_err() {
+                        if !sender.send(Item::FileDone) {
                             break;
                         }
                     }
@@ -511,9 +547,10 @@ impl FetchStage {
         status.unit = "files".into();
         while let Some(item) = rx.recv().await {
             match item {
-                Item::Article(a) => {
+                Item::Article(a, permit) => {
                     parts.accept(*a);
-                    if parts.buffer.len() >= parts.per_part {
+                    drop(permit);
+                    if parts.part_ready() {
                         parts.flush().await?;
                         status
                             .counts
@@ -524,7 +561,9 @@ impl FetchStage {
                 Item::RecordError(e) => parts.record_error(&e),
                 Item::FileError(e) => {
                     parts.skip("unreadable");
-                    parts.manifest.warnings.push(e);
+                    if parts.manifest.warnings.len() < 100 {
+                        parts.manifest.warnings.push(e);
+                    }
                 }
                 Item::FileDone => status.done += 1,
             }
@@ -533,6 +572,8 @@ impl FetchStage {
             }
         }
         drop(rx);
+        // A reader waiting for room must see the channel closed, not wait forever.
+        room.close();
         parts.flush().await?;
         match producer.await {
             Ok(result) => result,
@@ -541,12 +582,45 @@ impl FetchStage {
     }
 }
 
-/// What the file-reading thread sends to the part writer.
+/// What the file-reading thread sends to the part writer. An article carries its share of
+/// `fetch.max_buffered_bytes` until the writer has taken it.
 enum Item {
-    Article(Box<RawArticle>),
+    Article(Box<RawArticle>, tokio::sync::OwnedSemaphorePermit),
     RecordError(XmlError),
     FileError(String),
     FileDone,
+}
+
+/// The reading thread's end of the channel: blocking sends, articles admitted by bytes.
+#[derive(Clone)]
+struct ItemSender {
+    tx: tokio::sync::mpsc::Sender<Item>,
+    room: Arc<tokio::sync::Semaphore>,
+    /// The room's size (`fetch.max_buffered_bytes`, at most 4 GiB).
+    budget: u32,
+    runtime: tokio::runtime::Handle,
+}
+
+impl ItemSender {
+    /// Sends `item` (waiting for room); false once the writer has stopped listening.
+    fn send(&self, item: Item) -> bool {
+        self.tx.blocking_send(item).is_ok()
+    }
+
+    /// Sends an article once its bytes fit the buffer budget; false once the writer stopped.
+    fn send_article(&self, article: RawArticle) -> bool {
+        // Never more than the whole budget, so that one article always fits.
+        let bytes = u32::try_from(article.approx_bytes())
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.budget);
+        match self
+            .runtime
+            .block_on(self.room.clone().acquire_many_owned(bytes))
+        {
+            Ok(permit) => self.send(Item::Article(Box::new(article), permit)),
+            Err(_) => false, // closed: the writer is done
+        }
+    }
 }
 
 fn send_file(
@@ -554,19 +628,19 @@ fn send_file(
     kind: FileKind,
     input: impl std::io::Read,
     limits: Limits,
-    tx: &tokio::sync::mpsc::Sender<Item>,
+    tx: &ItemSender,
 ) {
     let mut each = |r: Result<RawArticle, XmlError>| {
-        let _ = tx.blocking_send(match r {
-            Ok(a) => Item::Article(Box::new(a)),
-            Err(e) => Item::RecordError(e),
-        });
+        let _ = match r {
+            Ok(a) => tx.send_article(a),
+            Err(e) => tx.send(Item::RecordError(e)),
+        };
     };
     let mut on_doc = |e: crate::files::FileError| {
-        let _ = tx.blocking_send(Item::FileError(e.to_string()));
+        let _ = tx.send(Item::FileError(e.to_string()));
     };
     if let Err(e) = read_file(name, kind, input, limits, &mut each, &mut on_doc) {
-        let _ = tx.blocking_send(Item::FileError(e.to_string()));
+        let _ = tx.send(Item::FileError(e.to_string()));
     }
 }
 

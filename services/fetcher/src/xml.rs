@@ -22,6 +22,8 @@ pub struct Limits {
     pub max_record_bytes: u64,
     /// Deepest element nesting accepted.
     pub max_depth: usize,
+    /// Most bytes one bulk file (or tarball member) may decompress to.
+    pub max_file_bytes: u64,
 }
 
 impl Default for Limits {
@@ -29,6 +31,7 @@ impl Default for Limits {
         Self {
             max_record_bytes: 64 * 1024 * 1024,
             max_depth: 256,
+            max_file_bytes: 32 << 30,
         }
     }
 }

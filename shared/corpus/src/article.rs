@@ -72,6 +72,35 @@ pub struct RawArticle {
 }
 
 impl RawArticle {
+    /// About how many bytes the article holds: its text, and a fixed cost per list item. What
+    /// the fetcher's byte budgets for buffered articles count.
+    pub fn approx_bytes(&self) -> usize {
+        const ITEM: usize = 32;
+        let sections = |s: &[Section]| {
+            s.iter()
+                .map(|s| s.title.len() + s.text.len() + ITEM)
+                .sum::<usize>()
+        };
+        self.id.len()
+            + self.title.len()
+            + self.abstract_text.len()
+            + sections(&self.abstract_sections)
+            + sections(&self.body_sections)
+            + self.keywords.iter().map(|k| k.len() + ITEM).sum::<usize>()
+            + self
+                .mesh
+                .iter()
+                .map(|m| {
+                    m.descriptor.len()
+                        + m.qualifiers.iter().map(String::len).sum::<usize>()
+                        + 2 * ITEM
+                })
+                .sum::<usize>()
+            + (self.authors.len() + self.publication_types.len() + self.references.len()) * 2 * ITEM
+            + self.authors.iter().map(String::len).sum::<usize>()
+            + 256
+    }
+
     /// PMCID if known (full texts are what PMC jobs are about), else `pmid:N`, else `doi:…`;
     /// None when the article has no id at all.
     pub fn canonical_id(&self) -> Option<String> {

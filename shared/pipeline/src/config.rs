@@ -19,7 +19,11 @@ pub const DEFAULT_TOML: &str = include_str!("../../../configs/default.toml");
 pub const ENV_PREFIX: &str = "MEDEMBED";
 
 /// Secret keys: (section, key). Each may instead be read from the file named by `<key>_file`.
-const SECRET_KEYS: &[(&str, &str)] = &[("queue", "amqp_password"), ("store", "secret_access_key")];
+const SECRET_KEYS: &[(&str, &str)] = &[
+    ("queue", "amqp_password"),
+    ("store", "secret_access_key"),
+    ("api", "keys"),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -103,6 +107,8 @@ pub enum QueueBackend {
 pub struct QueueSettings {
     pub backend: QueueBackend,
     pub amqp_url: String,
+    /// Replaces amqp_url's user: one URL for every component, each with its own user.
+    pub amqp_username: String,
     pub amqp_password: Secret,
     pub amqp_password_file: String,
     pub prefix: String,
@@ -174,6 +180,9 @@ impl NcbiSettings {
 #[serde(deny_unknown_fields)]
 pub struct FetchSettings {
     pub articles_per_part: usize,
+    pub max_part_bytes: u64,
+    pub max_buffered_bytes: u64,
+    pub max_file_bytes: u64,
     pub max_record_bytes: u64,
     pub max_xml_depth: usize,
 }
@@ -372,6 +381,30 @@ impl IndexSettings {
 #[serde(deny_unknown_fields)]
 pub struct ApiSettings {
     pub listen_addr: std::net::SocketAddr,
+    /// API keys, `NAME:ROLE:SHA256HEX` entries (newline- or comma-separated), from the
+    /// environment (`MEDEMBED__API__KEYS`) only: a config file that sets it is refused.
+    pub keys: Secret,
+    /// A mounted file of key entries, one per line (`#` comments), read at start.
+    pub keys_file: String,
+    /// The role of requests without a key once keys are configured, or on a non-loopback
+    /// address without keys: "none" (401), "read" or "submit".
+    pub allow_anonymous: AnonymousAccess,
+    /// `files:` prefixes API callers may submit (local folders, `s3://bucket/prefix`).
+    pub allowed_sources: Vec<String>,
+    /// Whether API callers may ask for `open_access_only = false` / `cited_by = true`.
+    pub allow_not_open_access: bool,
+    pub allow_cited_by: bool,
+    pub max_articles_per_job: u64,
+    pub max_active_jobs_per_key: usize,
+    pub max_active_jobs: usize,
+    pub requests_per_minute: u32,
+    pub request_burst: u32,
+    pub request_timeout_secs: u64,
+    pub max_queued_texts: usize,
+    pub max_tokens_per_request: usize,
+    pub max_concurrent_loads: usize,
+    /// Origins allowed to call the API from a browser (CORS); empty = none.
+    pub cors_allowed_origins: Vec<String>,
     pub max_body_bytes: usize,
     pub max_text_chars: usize,
     pub max_k: usize,
@@ -379,6 +412,15 @@ pub struct ApiSettings {
     pub cached_jobs: usize,
     pub device: ComputeDevice,
     pub precision: ComputePrecision,
+}
+
+/// What a request without an API key may do (`api.allow_anonymous`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnonymousAccess {
+    None,
+    Read,
+    Submit,
 }
 
 impl ApiSettings {
@@ -403,6 +445,52 @@ impl ApiSettings {
         }
         if self.cached_jobs == 0 {
             return invalid("api.cached_jobs", "must be at least 1");
+        }
+        use crate::jobs::MAX_ARTICLES;
+        if !(1..=MAX_ARTICLES).contains(&self.max_articles_per_job) {
+            return invalid(
+                "api.max_articles_per_job",
+                &format!("must be 1..={MAX_ARTICLES}"),
+            );
+        }
+        if self.max_active_jobs == 0 || self.max_active_jobs_per_key == 0 {
+            return invalid(
+                "api.max_active_jobs",
+                "api.max_active_jobs and api.max_active_jobs_per_key must be at least 1",
+            );
+        }
+        if self.requests_per_minute == 0 || self.request_burst == 0 {
+            return invalid(
+                "api.requests_per_minute",
+                "api.requests_per_minute and api.request_burst must be at least 1",
+            );
+        }
+        if !(1..=3600).contains(&self.request_timeout_secs) {
+            return invalid("api.request_timeout_secs", "must be 1..=3600");
+        }
+        if self.max_queued_texts < self.max_inputs {
+            return invalid(
+                "api.max_queued_texts",
+                "must be at least api.max_inputs (one full request must fit)",
+            );
+        }
+        if self.max_tokens_per_request == 0 {
+            return invalid("api.max_tokens_per_request", "must be at least 1");
+        }
+        if self.max_concurrent_loads == 0 {
+            return invalid("api.max_concurrent_loads", "must be at least 1");
+        }
+        for source in &self.allowed_sources {
+            if !(source.starts_with('/') || source.starts_with("s3://"))
+                || source.split('/').any(|s| s == "..")
+            {
+                return invalid(
+                    "api.allowed_sources",
+                    &format!(
+                        "{source:?}: each entry is an absolute folder or s3://bucket/prefix, without `..`"
+                    ),
+                );
+            }
         }
         Ok(())
     }
@@ -517,6 +605,10 @@ impl Settings {
                 .prefix_separator("__")
                 .separator("__")
                 .try_parsing(true)
+                // Lists from the environment are comma-separated.
+                .list_separator(",")
+                .with_list_parse_key("api.allowed_sources")
+                .with_list_parse_key("api.cors_allowed_origins")
                 .source(Some(env)),
         );
         let mut settings: Settings = builder.build()?.try_deserialize()?;
@@ -720,6 +812,18 @@ impl Settings {
         }
         if f.max_xml_depth < 16 {
             return Err(invalid("fetch.max_xml_depth", "must be at least 16"));
+        }
+        if f.max_part_bytes < 1024 || f.max_buffered_bytes < f.max_record_bytes {
+            return Err(invalid(
+                "fetch.max_buffered_bytes",
+                "fetch.max_part_bytes must be at least 1024 and fetch.max_buffered_bytes at least fetch.max_record_bytes (one record must fit)",
+            ));
+        }
+        if f.max_file_bytes < f.max_record_bytes {
+            return Err(invalid(
+                "fetch.max_file_bytes",
+                "must be at least fetch.max_record_bytes",
+            ));
         }
         Ok(())
     }

@@ -156,6 +156,7 @@ impl JobRequest {
             source,
             open_access_only: self.open_access_only,
             cited_by: self.cited_by,
+            submitted_by: None,
         })
     }
 }

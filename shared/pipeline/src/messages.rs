@@ -125,6 +125,10 @@ pub struct JobSpec {
     /// For PubMed: also collect "cited by" links (`pubmed_pubmed_citedin`), not only references.
     #[serde(default)]
     pub cited_by: bool,
+    /// The API key (by name) that submitted the job through medembed-api, for its job quotas;
+    /// None for jobs submitted by the CLI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub submitted_by: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

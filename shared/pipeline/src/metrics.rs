@@ -122,10 +122,22 @@ pub fn health_routes(
 ) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
+        .with_state(HealthState {
+            registry,
+            queue: queue.clone(),
+            store: store.clone(),
+        })
+        .merge(probe_routes(queue, store))
+}
+
+/// `/healthz` and `/readyz` alone: what the api serves on its public port, where `/metrics`
+/// does not belong.
+pub fn probe_routes(queue: Option<Arc<dyn Queue>>, store: Arc<dyn ObjectStore>) -> Router {
+    Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(HealthState {
-            registry,
+            registry: Registry::new(),
             queue,
             store,
         })
@@ -143,7 +155,7 @@ impl HealthServer {
     pub async fn start(
         addr: SocketAddr,
         registry: Registry,
-        queue: Arc<dyn Queue>,
+        queue: Option<Arc<dyn Queue>>,
         store: Arc<dyn ObjectStore>,
         shutdown: CancellationToken,
     ) -> std::io::Result<Self> {
@@ -151,7 +163,7 @@ impl HealthServer {
             std::io::Error::new(e.kind(), format!("metrics server: bind {addr}: {e}"))
         })?;
         let addr = listener.local_addr()?;
-        let app = health_routes(registry, Some(queue), store);
+        let app = health_routes(registry, queue, store);
         let task = tokio::spawn(async move {
             let served = axum::serve(listener, app)
                 .with_graceful_shutdown(async move { shutdown.cancelled().await })

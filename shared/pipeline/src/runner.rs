@@ -537,7 +537,7 @@ pub async fn run_worker(
     let server = HealthServer::start(
         settings.server.listen_addr,
         registry,
-        queue.clone(),
+        Some(queue.clone()),
         store.clone(),
         server_stop.clone(),
     )

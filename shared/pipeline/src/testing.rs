@@ -125,6 +125,7 @@ pub async fn put_job(
         source,
         open_access_only: true,
         cited_by: false,
+        submitted_by: None,
     };
     store
         .put(

@@ -386,6 +386,9 @@ impl AmqpQueue {
     /// Connects (retrying with backoff for up to two minutes) and returns the queue.
     pub async fn connect(settings: &QueueSettings) -> Result<Self> {
         let mut url = settings.amqp_url.clone();
+        if !settings.amqp_username.is_empty() {
+            url = with_username(&url, &settings.amqp_username);
+        }
         if !settings.amqp_password.is_empty() {
             url = with_password(&url, settings.amqp_password.expose());
         }
@@ -456,9 +459,20 @@ impl AmqpQueue {
 }
 
 /// Puts `password` into the userinfo of an amqp URL (`amqp://user@host` → `amqp://user:pw@host`).
-fn with_password(url: &str, password: &str) -> String {
-    let encoded: String = password
-        .bytes()
+/// `url` with its user replaced by `user` (and no password: it comes from `amqp_password`).
+/// One URL serves every component; each may still log in as its own user.
+fn with_username(url: &str, user: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let host = rest.split_once('@').map_or(rest, |(_, host)| host);
+            format!("{scheme}://{}@{host}", percent_encode(user))
+        }
+        None => url.to_string(),
+    }
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
                 (b as char).to_string()
@@ -466,7 +480,11 @@ fn with_password(url: &str, password: &str) -> String {
                 format!("%{b:02X}")
             }
         })
-        .collect();
+        .collect()
+}
+
+fn with_password(url: &str, password: &str) -> String {
+    let encoded = percent_encode(password);
     match url.split_once("://") {
         Some((scheme, rest)) => match rest.split_once('@') {
             Some((userinfo, host)) => {
@@ -751,5 +769,10 @@ mod tests {
             "amqp://guest:p%40ss%2Fw@h:5672/%2f"
         );
         assert_eq!(with_password("amqp://u:old@h", "new"), "amqp://u:new@h");
+        assert_eq!(
+            with_username("amqp://medembed@rabbitmq:5672/%2f", "medembed-api"),
+            "amqp://medembed-api@rabbitmq:5672/%2f"
+        );
+        assert_eq!(with_username("amqp://h:5672", "a b"), "amqp://a%20b@h:5672");
     }
 }

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use local::LocalStore;
-pub use s3::S3Store;
+pub use s3::{BlockingBody, S3Store};
 
 use crate::config::{StoreBackend, StoreSettings};
 

@@ -16,6 +16,41 @@ use futures::{StreamExt, TryStreamExt};
 use super::{ObjectMeta, ObjectStore, Result, StoreError, validate_key};
 use crate::config::StoreSettings;
 
+/// An S3 object's body as `std::io::Read`, one network chunk in memory at a time
+/// ([`S3Store::reader`]).
+pub struct BlockingBody {
+    body: ByteStream,
+    chunk: Bytes,
+    runtime: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for BlockingBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockingBody").finish_non_exhaustive()
+    }
+}
+
+impl std::io::Read for BlockingBody {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.runtime.block_on(self.body.next()) {
+                Some(Ok(chunk)) => self.chunk = chunk,
+                Some(Err(e)) => {
+                    return Err(std::io::Error::other(format!(
+                        "reading the object body: {}",
+                        DisplayErrorContext(e)
+                    )));
+                }
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk[..n]);
+        let _ = self.chunk.split_to(n);
+        Ok(n)
+    }
+}
+
 /// Parts of one multipart upload in flight at once.
 const PARALLEL_PARTS: usize = 4;
 
@@ -30,6 +65,27 @@ pub struct S3Store {
 }
 
 impl S3Store {
+    /// The object at `key` as a blocking reader that streams it from S3 as it is read: for bulk
+    /// files of many GB, which must never be held in memory whole. Opening is retried like any
+    /// request; a connection lost mid-body is an I/O error of the read. Read it on a blocking
+    /// thread (`spawn_blocking`): each read waits on the runtime that opened it.
+    pub async fn reader(&self, key: &str) -> Result<BlockingBody> {
+        let full = self.full_key(key)?;
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .send()
+            .await
+            .map_err(|e| classify("get", key, e))?;
+        Ok(BlockingBody {
+            body: out.body,
+            chunk: Bytes::new(),
+            runtime: tokio::runtime::Handle::current(),
+        })
+    }
+
     pub async fn new(settings: &StoreSettings) -> Result<Self> {
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(settings.region.clone()))
