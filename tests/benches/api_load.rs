@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use medembed_api::metrics::ApiMetrics;
 use medembed_api::state::AppState;
-use medembed_e2e::api::serve_api;
+use medembed_e2e::api::{TestKeys, serve_api_with};
 use medembed_e2e::fixture_job::indexed_job;
 use medembed_indexer::search::JobIndex;
 use medembed_indexer::search::SearchMode;
@@ -49,7 +49,13 @@ fn main() {
             QueueBackend::Memory,
             StoreBackend::Local,
             &dir.path().join("store"),
-            &[("MEDEMBED__FETCH__ARTICLES_PER_PART", "8")],
+            &[
+                ("MEDEMBED__FETCH__ARTICLES_PER_PART", "8"),
+                // Every request passes the key check and the rate limiter, set high enough
+                // that it never refuses: what they cost is part of the figure.
+                ("MEDEMBED__API__REQUESTS_PER_MINUTE", "100000000"),
+                ("MEDEMBED__API__REQUEST_BURST", "1000000"),
+            ],
         );
         let store = store::open(&settings.store).await.expect("store");
         let job = indexed_job(&settings, &store, dir.path()).await;
@@ -83,7 +89,8 @@ fn main() {
         }
         let in_process = (rounds * titles.len()) as f64 / started.elapsed().as_secs_f64();
 
-        let api = serve_api(&settings, store.clone(), None).await;
+        let keys = TestKeys::new();
+        let api = serve_api_with(&settings, store.clone(), None, keys.access()).await;
         let addr = api.base.trim_start_matches("http://").to_string();
 
         let bodies: Vec<String> = titles
@@ -91,12 +98,13 @@ fn main() {
             .map(|t| serde_json::json!({"query": t, "k": 10, "job": job.to_string()}).to_string())
             .collect();
         let lua = format!(
-            "local bodies = {{{}}}\nlocal i = 0\nrequest = function()\n  i = i % #bodies + 1\n  return wrk.format(\"POST\", \"/api/search\", {{[\"Content-Type\"] = \"application/json\"}}, bodies[i])\nend\n",
+            "local bodies = {{{}}}\nlocal i = 0\nrequest = function()\n  i = i % #bodies + 1\n  return wrk.format(\"POST\", \"/api/search\", {{[\"Content-Type\"] = \"application/json\", [\"Authorization\"] = \"Bearer {}\"}}, bodies[i])\nend\n",
             bodies
                 .iter()
                 .map(|b| format!("{b:?}"))
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            keys.read
         );
         let script = dir.path().join("search.lua");
         std::fs::write(&script, lua).expect("lua");

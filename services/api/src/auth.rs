@@ -330,8 +330,10 @@ pub async fn authorize(
         .into_response();
     }
     state.metrics.count_auth(&caller.name, "allowed");
+    // What the handler logs names the key (never the key itself).
+    let span = tracing::info_span!("request", key = %caller.name, role = caller.role.name());
     request.extensions_mut().insert(caller);
-    next.run(request).await
+    tracing::Instrument::instrument(next.run(request), span).await
 }
 
 #[cfg(test)]

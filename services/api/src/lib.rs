@@ -67,9 +67,14 @@ impl utoipa::Modify for KeyedAccess {
                 .build()
         };
         for item in openapi.paths.paths.values_mut() {
-            for operation in [&mut item.get, &mut item.post].into_iter().flatten() {
+            for (operation, has_body) in [(&mut item.get, false), (&mut item.post, true)] {
+                let Some(operation) = operation else {
+                    continue;
+                };
                 let responses = &mut operation.responses.responses;
+                let body_only = [("415", "The body is not application/json")];
                 for (code, description) in [
+                    ("400", "Malformed JSON or query string"),
                     ("401", "No API key, or one that is not valid"),
                     ("403", "The key's role may not do this"),
                     ("429", "The key's request rate is used up (see Retry-After)"),
@@ -77,7 +82,10 @@ impl utoipa::Modify for KeyedAccess {
                         "503",
                         "Busy or timed out (see Retry-After), or the store unavailable",
                     ),
-                ] {
+                ]
+                .into_iter()
+                .chain(body_only.into_iter().filter(|_| has_body))
+                {
                     responses
                         .entry(code.to_string())
                         .or_insert_with(|| error(description).into());
