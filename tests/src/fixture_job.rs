@@ -39,12 +39,7 @@ pub fn fixture_corpus(dir: &Path) -> PathBuf {
 }
 
 pub fn ctx(store: &Arc<dyn ObjectStore>) -> TaskContext {
-    TaskContext {
-        store: store.clone(),
-        attempt: 1,
-        redelivered: false,
-        shutdown: Default::default(),
-    }
+    testing::task_context(store)
 }
 
 pub fn decoded<T: TaskMessage>(out: &[Outgoing]) -> Vec<T> {

@@ -13,7 +13,7 @@ use medembed_fetcher::raw::{RawManifest, from_batches, raw_schema};
 use medembed_fetcher::stage::FetchStage;
 use medembed_pipeline::config::{QueueBackend, Settings, StoreBackend};
 use medembed_pipeline::messages::{ArticleSource, Database, FetchTask, TaskMessage};
-use medembed_pipeline::runner::{Stage, TaskContext};
+use medembed_pipeline::runner::Stage;
 use medembed_pipeline::status::StageStatus;
 use medembed_pipeline::store::ObjectStore;
 use medembed_pipeline::{keys, table, testing};
@@ -288,15 +288,7 @@ async fn a_gzip_bomb_fails_its_file_and_the_job_goes_on() {
     let stage = FetchStage::new(&cfg, &prometheus::Registry::new()).expect("stage");
     let started = Instant::now();
     stage
-        .process(
-            FetchTask { job_id: job },
-            &TaskContext {
-                store: store.clone(),
-                attempt: 1,
-                redelivered: false,
-                shutdown: Default::default(),
-            },
-        )
+        .process(FetchTask { job_id: job }, &testing::task_context(&store))
         .await
         .expect("the job is fetched despite the bomb");
     let manifest = RawManifest::load(store.as_ref(), job)

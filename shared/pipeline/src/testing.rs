@@ -11,6 +11,7 @@ use bytes::Bytes;
 use crate::config::{QueueBackend, Settings, StoreBackend};
 use crate::keys;
 use crate::messages::{ArticleSource, Database, JobId, JobSpec};
+use crate::runner::TaskContext;
 use crate::store::ObjectStore;
 
 /// The dev Garage key; not a secret: it only opens the local test server.
@@ -146,4 +147,14 @@ pub fn peak_rss_mib() -> f64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kb| kb.parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// A first delivery's context over `store`: for calling a stage's `process` directly.
+pub fn task_context(store: &std::sync::Arc<dyn ObjectStore>) -> TaskContext {
+    TaskContext {
+        store: store.clone(),
+        attempt: 1,
+        redelivered: false,
+        shutdown: Default::default(),
+    }
 }

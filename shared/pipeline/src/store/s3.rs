@@ -70,6 +70,15 @@ impl S3Store {
     /// request; a connection lost mid-body is an I/O error of the read. Read it on a blocking
     /// thread (`spawn_blocking`): each read waits on the runtime that opened it.
     pub async fn reader(&self, key: &str) -> Result<BlockingBody> {
+        Ok(BlockingBody {
+            body: self.get_body(key).await?,
+            chunk: Bytes::new(),
+            runtime: tokio::runtime::Handle::current(),
+        })
+    }
+
+    /// The body of the object at `key`, not yet read.
+    async fn get_body(&self, key: &str) -> Result<ByteStream> {
         let full = self.full_key(key)?;
         let out = self
             .client
@@ -79,11 +88,7 @@ impl S3Store {
             .send()
             .await
             .map_err(|e| classify("get", key, e))?;
-        Ok(BlockingBody {
-            body: out.body,
-            chunk: Bytes::new(),
-            runtime: tokio::runtime::Handle::current(),
-        })
+        Ok(out.body)
     }
 
     pub async fn new(settings: &StoreSettings) -> Result<Self> {
@@ -269,21 +274,17 @@ impl ObjectStore for S3Store {
     }
 
     async fn get(&self, key: &str) -> Result<Bytes> {
-        let full = self.full_key(key)?;
-        let out = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&full)
-            .send()
+        let body = self
+            .get_body(key)
+            .await?
+            .collect()
             .await
-            .map_err(|e| classify("get", key, e))?;
-        let body = out.body.collect().await.map_err(|e| StoreError::S3 {
-            op: "get (read body)",
-            key: key.to_string(),
-            message: e.to_string(),
-            retryable: true,
-        })?;
+            .map_err(|e| StoreError::S3 {
+                op: "get (read body)",
+                key: key.to_string(),
+                message: e.to_string(),
+                retryable: true,
+            })?;
         Ok(body.into_bytes())
     }
 
