@@ -66,7 +66,11 @@ async fn main() -> anyhow::Result<()> {
         };
         let (key, entry) = medembed_api::auth::new_key(name, role);
         // Checked as the api would read it.
-        Access::with_keys(&entry, None)?;
+        if Access::with_keys(&entry, None).is_err() {
+            anyhow::bail!(
+                "--name {name:?}: a key's name is 1 to 64 letters, digits, '-', '_' or '.' (it appears in logs and metrics)"
+            );
+        }
         println!("key:   {key}");
         println!("entry: {entry}");
         eprintln!(
