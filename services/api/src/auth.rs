@@ -47,7 +47,8 @@ impl Role {
         }
     }
 
-    fn parse(s: &str) -> Option<Self> {
+    /// `read`, `submit` or `admin`.
+    pub fn parse(s: &str) -> Option<Self> {
         match s {
             "read" => Some(Role::Read),
             "submit" => Some(Role::Submit),

@@ -59,11 +59,7 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(Command::Key { name, role }) = &args.command {
-        let role = match role.as_str() {
-            "read" => Role::Read,
-            "submit" => Role::Submit,
-            _ => Role::Admin,
-        };
+        let role = Role::parse(role).expect("clap allows only the three roles");
         let (key, entry) = medembed_api::auth::new_key(name, role);
         // Checked as the api would read it.
         if Access::with_keys(&entry, None).is_err() {

@@ -606,10 +606,11 @@ pub async fn submit(
         open_access_only: r.open_access_only.unwrap_or(true),
         cited_by: r.cited_by.unwrap_or(false),
     };
-    let request = within_api_limits(&state, request)?;
+    let asked_max_articles = request.max_articles;
     let mut spec = request
         .into_spec()
         .map_err(|e| ApiError::invalid(e.to_string()))?;
+    within_api_limits(&state, &mut spec, asked_max_articles)?;
     spec.submitted_by = Some(caller.name.clone());
     let _one_at_a_time = state.submit_lock.lock().await;
     check_active_jobs(&state, &caller).await?;
@@ -635,41 +636,39 @@ fn forbidden(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
 }
 
-/// The request as the operator allows API jobs to be: the source on the allowlist, the options
-/// allowed, and `max_articles` within `api.max_articles_per_job` (its default capped there).
-fn within_api_limits(state: &AppState, mut request: JobRequest) -> ApiResult<JobRequest> {
+/// Refuses what the operator does not allow API jobs to do: a source off the allowlist, the
+/// options left off, more than `api.max_articles_per_job` asked for. A job that did not ask
+/// (`asked_max_articles` None) gets the usual default, capped there.
+fn within_api_limits(
+    state: &AppState,
+    spec: &mut JobSpec,
+    asked_max_articles: Option<u64>,
+) -> ApiResult<()> {
     let api = &state.settings.api;
-    let source: ArticleSource = request
-        .source
-        .parse()
-        .map_err(|e: String| ApiError::invalid(format!("source: {e}")))?;
-    if let ArticleSource::Files { path } = &source {
+    if let ArticleSource::Files { path } = &spec.source {
         state.sources.check(path).map_err(forbidden)?;
     }
-    if !request.open_access_only && !api.allow_not_open_access {
+    if !spec.open_access_only && !api.allow_not_open_access {
         return Err(forbidden(
             "open_access_only = false is not allowed for API jobs here (api.allow_not_open_access)",
         ));
     }
-    if request.cited_by && !api.allow_cited_by {
+    if spec.cited_by && !api.allow_cited_by {
         return Err(forbidden(
             "cited_by = true is not allowed for API jobs here (api.allow_cited_by)",
         ));
     }
     let cap = api.max_articles_per_job;
-    request.max_articles = match request.max_articles {
-        Some(n) if n > cap => {
-            return Err(ApiError::invalid(format!(
-                "max_articles is {n}; API jobs collect at most {cap} (api.max_articles_per_job)"
-            )));
+    match asked_max_articles {
+        Some(n) if n > cap => Err(ApiError::invalid(format!(
+            "max_articles is {n}; API jobs collect at most {cap} (api.max_articles_per_job)"
+        ))),
+        Some(_) => Ok(()),
+        None => {
+            spec.max_articles = spec.max_articles.min(cap);
+            Ok(())
         }
-        Some(n) => Some(n),
-        None => Some(match source {
-            ArticleSource::Eutils => jobs::DEFAULT_EUTILS_ARTICLES.min(cap),
-            ArticleSource::Files { .. } => cap,
-        }),
-    };
-    Ok(request)
+    }
 }
 
 /// 429 when the caller's key, or everyone together, has as many pending or running jobs as
