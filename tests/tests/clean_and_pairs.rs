@@ -259,13 +259,19 @@ async fn check_outputs(
         .expect("rows");
         let ids: HashSet<&str> = docs.iter().map(|d| d.id.as_str()).collect();
         for q in &queries {
-            assert!(ids.contains(q.query_id.as_str()));
-            assert!(!q.relevant_ids.is_empty());
-            assert!(
+            // A held-out title, its own document judged 3, every judged document in the split.
+            let own = q.query_id.strip_prefix("title:").expect("a title query");
+            assert!(ids.contains(own));
+            assert_eq!(q.gains.len(), q.relevant_ids.len());
+            let gain = |id: &str| {
                 q.relevant_ids
                     .iter()
-                    .all(|r| ids.contains(r.as_str()) && r != &q.query_id)
-            );
+                    .position(|r| r == id)
+                    .map(|i| q.gains[i])
+            };
+            assert_eq!(gain(own), Some(3.0), "{q:?}");
+            assert!(q.relevant_ids.iter().all(|r| ids.contains(r.as_str())));
+            assert!(q.gains.iter().all(|g| [1.0, 2.0, 3.0].contains(g)), "{q:?}");
         }
     }
     all

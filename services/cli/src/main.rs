@@ -344,7 +344,7 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             println!(
                 "model written to {}
-  val  nDCG@10 {:.4} -> {:.4}   test nDCG@10 {:.4} -> {:.4}   ({} steps in {:.0} s, best step {})",
+  val  nDCG@10 {:.4} -> {:.4}   test nDCG@10 {:.4} -> {:.4}   (hybrid; {} steps in {:.0} s, best step {})",
                 out.display(),
                 metrics.baseline.val.ndcg_at_10,
                 metrics.fine_tuned.val.ndcg_at_10,

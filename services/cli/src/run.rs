@@ -420,10 +420,21 @@ async fn summary(
                 ""
             }
         )?;
+        if m.mining.negatives > 0 {
+            writeln!(
+                out,
+                "            {} hard negatives mined with the base model in {:.0} s",
+                m.mining.negatives, m.mining.seconds
+            )?;
+        }
         writeln!(
             out,
-            "            {:<22} {:>8} {:>8} {:>10} {:>9}",
-            "", "nDCG@10", "MRR@10", "Recall@10", "ROC-AUC"
+            "            held-out titles as queries over held-out articles, hybrid search (dense alone):"
+        )?;
+        writeln!(
+            out,
+            "            {:<22} {:>8} {:>8} {:>10} {:>15}",
+            "", "nDCG@10", "MRR@10", "Recall@10", "dense nDCG@10"
         )?;
         for (name, base, tuned) in [
             ("val", &m.baseline.val, &m.fine_tuned.val),
@@ -432,19 +443,19 @@ async fn summary(
             if base.queries == 0 {
                 writeln!(
                     out,
-                    "            {name}: no evaluation queries (too few related articles in this split)"
+                    "            {name}: no evaluation queries (no held-out article with a title)"
                 )?;
                 continue;
             }
             for (model, r) in [("base", base), ("fine-tuned", tuned)] {
                 writeln!(
                     out,
-                    "            {:<22} {:>8.4} {:>8.4} {:>10.4} {:>9.4}",
+                    "            {:<22} {:>8.4} {:>8.4} {:>10.4} {:>15.4}",
                     format!("{name} {model} ({} q)", r.queries),
                     r.ndcg_at_10,
                     r.mrr_at_10,
                     r.recall_at_10,
-                    r.roc_auc
+                    r.dense_ndcg_at_10
                 )?;
             }
         }

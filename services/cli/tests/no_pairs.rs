@@ -1,9 +1,11 @@
-//! No dead end: a corpus that yields no training pairs is still indexed and searchable. Two
-//! files of the Alzheimer sample (191 real PubMed records) with their MeSH headings, author
-//! keywords, reference lists and comment/correction links stripped make a job that is done,
-//! searchable in every mode (and by `medembed eval --job` over its own index), and says in its
-//! summary, status and model card that it did not train and why. A `files:` source is read whole by default; a given --max-articles that stops
-//! it part-way is named in the summary.
+//! Two files of the Alzheimer sample (191 real PubMed records) with their MeSH headings, author
+//! keywords, reference lists and comment/correction links stripped:
+//! - with the default pair sources they still train, on their titles (query-style pairs);
+//! - with the relation sources alone (`citation`, `mesh`, `keyword`) they make no pairs, and
+//!   there is no dead end: the job is done, searchable in every mode (and by `medembed eval
+//!   --job` over its own index), and says in its summary, status and model card that it did not
+//!   train and why. A `files:` source is read whole by default; a given --max-articles that
+//!   stops it part-way is named in the summary.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -56,9 +58,17 @@ fn bare_corpus(dir: &Path) {
     }
 }
 
+/// The pair sources that need relations: the bare corpus makes no pairs with them.
+const RELATION_SOURCES: (&str, &str) = ("MEDEMBED__PAIRS__SOURCES", "citation,mesh,keyword");
+
 fn medembed(args: &[&str], data: &Path) -> Output {
+    medembed_with(args, data, &[RELATION_SOURCES])
+}
+
+fn medembed_with(args: &[&str], data: &Path, envs: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_medembed"))
         .args(args)
+        .envs(envs.iter().copied())
         .arg("--data")
         .arg(data)
         .env("MEDEMBED__TRAIN__DEVICE", "cpu")
@@ -72,6 +82,10 @@ fn text(bytes: &[u8]) -> String {
 }
 
 fn run(corpus: &Path, data: &Path, extra: &[&str]) -> (String, String) {
+    run_with(corpus, data, extra, &[RELATION_SOURCES])
+}
+
+fn run_with(corpus: &Path, data: &Path, extra: &[&str], envs: &[(&str, &str)]) -> (String, String) {
     let source = format!("files:{}", corpus.display());
     let mut args = vec![
         "run",
@@ -81,7 +95,7 @@ fn run(corpus: &Path, data: &Path, extra: &[&str]) -> (String, String) {
         env!("MEDEMBED_TEST_MODEL_DIR"),
     ];
     args.extend(extra);
-    let out = medembed(&args, data);
+    let out = medembed_with(&args, data, envs);
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(
         out.status.success(),
@@ -279,4 +293,46 @@ fn a_corpus_without_mesh_or_references_is_indexed_with_the_base_model() {
         summary.contains("--max-articles 50 reached: 2 of 2 files not read to the end"),
         "{summary}"
     );
+}
+
+#[test]
+fn a_corpus_without_mesh_or_references_trains_on_its_titles() {
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = tmp.path().join("bare");
+    bare_corpus(&corpus);
+    let data = tmp.path().join("data");
+    // The default sources; a short step budget (the test is about what trains, not how well).
+    let (summary, stderr) = run_with(&corpus, &data, &[], &[("MEDEMBED__TRAIN__MAX_STEPS", "2")]);
+    let job = job_id(&data);
+    assert!(summary.contains(&format!("job {job} done")), "{summary}");
+    assert!(!summary.contains("not fine-tuned"), "{summary}\n{stderr}");
+    let root = data.join("jobs").join(&job);
+    let stats: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("pairs/stats.json")).unwrap()).unwrap();
+    let train = stats["pairs"]["train"].as_object().unwrap();
+    let titles = train["title"]["1"].as_u64().unwrap();
+    assert!(titles > 100, "{stats}");
+    assert!(
+        ["citation", "mesh", "keyword"]
+            .iter()
+            .all(|s| !train.contains_key(*s)),
+        "only title pairs: {stats}"
+    );
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("model/metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["optimizer_steps"], 2, "{metrics}");
+    assert!(metrics.get("not_trained").is_none(), "{metrics}");
+    // Mined negatives, and a query-style evaluation in the default (hybrid) mode.
+    assert!(
+        metrics["mining"]["negatives"].as_u64().unwrap() > 100,
+        "{metrics}"
+    );
+    let val = &metrics["baseline"]["val"];
+    assert_eq!(val["mode"], "hybrid", "{metrics}");
+    assert!(val["queries"].as_u64().unwrap() >= 5, "{metrics}");
+    assert!(
+        val["ndcg_at_10"].as_f64().unwrap() > 0.3,
+        "titles find their articles: {val}"
+    );
+    assert!(summary.contains("hard negatives mined"), "{summary}");
 }

@@ -13,7 +13,6 @@
 
 pub mod build;
 pub mod clusters;
-pub mod lexical;
 pub mod map;
 pub mod model;
 pub mod search;
@@ -21,6 +20,9 @@ pub mod stage;
 pub mod synthetic;
 pub mod tables;
 pub mod vectors;
+
+/// BM25, shared with the trainer's evaluation: [`medembed_retrieval::lexical`].
+pub use medembed_retrieval::lexical;
 
 use medembed_pipeline::runner::StageError;
 use medembed_pipeline::store::StoreError;
@@ -43,8 +45,8 @@ pub enum IndexError {
     Format(String),
     #[error("HNSW index: {0}")]
     Hnsw(String),
-    #[error("lexical index: {0}")]
-    Lexical(String),
+    #[error(transparent)]
+    Lexical(#[from] medembed_retrieval::lexical::LexicalError),
     /// A query the index cannot answer (a vector of the wrong dimension).
     #[error("{0}")]
     Query(String),

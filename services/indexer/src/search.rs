@@ -13,7 +13,7 @@
 use medembed_pipeline::messages::JobId;
 use medembed_pipeline::store::{ObjectStore, StoreError};
 use medembed_pipeline::{keys, table};
-use medembed_retrieval::fusion::Fusion;
+use medembed_retrieval::fusion::{FUSION_DEPTH, Fusion};
 use serde::{Deserialize, Serialize};
 
 use crate::build::IndexManifest;
@@ -81,10 +81,6 @@ pub struct SearchHit {
     /// The article on PMC, PubMed or doi.org.
     pub url: Option<String>,
 }
-
-/// How deep each ranking goes before fusion: deep enough that a document second-best in both
-/// lists is not cut before it is fused.
-const FUSION_DEPTH: usize = 100;
 
 /// A job's index, loaded.
 #[derive(Debug)]

@@ -439,7 +439,7 @@ impl Stage for BuildStage {
             table::write(store, &keys::index_file(job, name), &schema, &[batch]).await?;
         }
         let mut manifest: IndexManifest = built.manifest;
-        for (name, bytes) in built.lexical.files()? {
+        for (name, bytes) in built.lexical.files().map_err(crate::IndexError::from)? {
             store
                 .put(
                     &keys::index_file(job, &format!("{LEXICAL}/{name}")),

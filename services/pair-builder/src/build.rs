@@ -2,7 +2,9 @@
 //!
 //! 1. Positives by rule: `citation` (A cites B, both in the corpus), `mesh` (weighted Jaccard of
 //!    MeSH descriptors ≥ `mesh_threshold`), `keyword` (the same on normalized author keywords,
-//!    for documents without MeSH).
+//!    for documents without MeSH). And `title`: each document's title (a query, the way users
+//!    search) with its own text without the title ([`Doc::body`](crate::corpus::Doc::body)); it
+//!    needs nothing but the text, so every corpus trains. Title pairs take no part in steps 2–3.
 //! 2. A pair whose documents sit in different splits is dropped (`cross_split`); a pair found by
 //!    several rules is kept once, under the strongest rule (citation, then MeSH, then keyword).
 //! 3. The per-document cap: pairs are taken best first, the rules taking turns (the best pair
@@ -11,9 +13,12 @@
 //! 4. Negatives per split, `negative_ratio` per positive: pairs sharing no MeSH descriptor and no
 //!    keyword and with no citation either way, drawn with a seeded RNG; with `hard_negatives`, up
 //!    to half of them are near misses (sharing terms, below the threshold, no citation).
-//! 5. Evaluation sets for val and test: each document with a positive partner in its split is a
-//!    query (its title); its relevant documents are all its positive partners in that split,
-//!    before the cap.
+//! 5. Evaluation sets for val and test, query-style: each document of the split with a title
+//!    query is a query; the documents searched are the split's documents without their titles;
+//!    the judgements grade the query's own document [`SELF_GAIN`], a citation partner
+//!    [`CITATION_GAIN`], a MeSH or keyword partner [`TERM_GAIN`] (relations found by the job's
+//!    rules, before the cap). So the job's own evaluation asks what its users ask (a short query,
+//!    its documents), not how alike two documents are.
 //!
 //! Every step is deterministic: same corpus, same settings, same seed → the same pairs in the
 //! same order.
@@ -29,12 +34,21 @@ use rustc_hash::FxHashSet;
 use crate::corpus::{Corpus, Term};
 use crate::terms::{Scored, TermIndex};
 
-/// The rule that made a positive pair, in priority order.
+/// Gains of the query-style evaluation sets (and of `medembed dev-set`'s relations): the
+/// query's own document, a document citing it or cited by it, one sharing MeSH descriptors or
+/// keywords at the pairing thresholds.
+pub const SELF_GAIN: f32 = 3.0;
+pub const CITATION_GAIN: f32 = 2.0;
+pub const TERM_GAIN: f32 = 1.0;
+
+/// The rule that made a positive pair, in priority order (`title` pairs are a document with
+/// itself and never compete with the others).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Source {
     Citation,
     Mesh,
     Keyword,
+    Title,
 }
 
 impl Source {
@@ -43,6 +57,7 @@ impl Source {
             Source::Citation => "citation",
             Source::Mesh => "mesh",
             Source::Keyword => "keyword",
+            Source::Title => "title",
         }
     }
 }
@@ -181,11 +196,16 @@ pub fn build_pairs(corpus: &Corpus, settings: &PairSettings) -> PairOutputs {
     );
 
     // 5 (collected now, before the cap): relevance judgments for evaluation.
-    let mut relevant: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    let mut relevant: BTreeMap<u32, Vec<(u32, f32)>> = BTreeMap::new();
     for p in &candidates {
         if split_of(p.a) != Split::Train {
-            relevant.entry(p.a).or_default().push(p.b);
-            relevant.entry(p.b).or_default().push(p.a);
+            let gain = if p.source == Source::Citation {
+                CITATION_GAIN
+            } else {
+                TERM_GAIN
+            };
+            relevant.entry(p.a).or_default().push((p.b, gain));
+            relevant.entry(p.b).or_default().push((p.a, gain));
         }
     }
 
@@ -237,6 +257,22 @@ pub fn build_pairs(corpus: &Corpus, settings: &PairSettings) -> PairOutputs {
     let mut positives_by_split: BTreeMap<Split, Vec<Positive>> = BTreeMap::new();
     for p in positives {
         positives_by_split.entry(split_of(p.a)).or_default().push(p);
+    }
+    if wants("title") {
+        for (i, d) in corpus.docs.iter().enumerate() {
+            if d.title_query().is_some() {
+                let i = i as u32;
+                positives_by_split
+                    .entry(d.split)
+                    .or_default()
+                    .push(Positive {
+                        a: i,
+                        b: i,
+                        source: Source::Title,
+                        score: 1.0,
+                    });
+            }
+        }
     }
     near_misses.retain(|m| {
         split_of(m.a) == split_of(m.b)
@@ -347,22 +383,19 @@ pub fn build_pairs(corpus: &Corpus, settings: &PairSettings) -> PairOutputs {
             let queries: Vec<EvalQuery> = docs
                 .iter()
                 .filter_map(|&q| {
-                    let mut ids: Vec<String> = relevant
-                        .get(&q)?
-                        .iter()
-                        .map(|&r| doc(r).id.clone())
-                        .collect();
-                    ids.sort_unstable();
-                    ids.dedup();
                     let d = doc(q);
+                    let query = d.title_query()?;
+                    let mut judged: BTreeMap<&str, f32> = BTreeMap::new();
+                    judged.insert(&d.id, SELF_GAIN);
+                    for &(r, gain) in relevant.get(&q).into_iter().flatten() {
+                        let best = judged.entry(&doc(r).id).or_insert(gain);
+                        *best = best.max(gain);
+                    }
                     Some(EvalQuery {
-                        query_id: d.id.clone(),
-                        query: if d.title.is_empty() {
-                            d.text.clone()
-                        } else {
-                            d.title.clone()
-                        },
-                        relevant_ids: ids,
+                        query_id: EvalQuery::title_query_id(&d.id),
+                        query: query.to_string(),
+                        relevant_ids: judged.keys().map(|id| id.to_string()).collect(),
+                        gains: judged.values().copied().collect(),
                     })
                 })
                 .collect();
@@ -374,9 +407,15 @@ pub fn build_pairs(corpus: &Corpus, settings: &PairSettings) -> PairOutputs {
             outputs.eval_documents.insert(
                 split,
                 docs.iter()
-                    .map(|&i| EvalDocument {
-                        id: doc(i).id.clone(),
-                        text: doc(i).text.clone(),
+                    .map(|&i| {
+                        let d = doc(i);
+                        EvalDocument {
+                            id: d.id.clone(),
+                            text: match d.body() {
+                                "" => d.text.clone(),
+                                body => body.to_string(),
+                            },
+                        }
                     })
                     .collect(),
             );

@@ -63,8 +63,46 @@ pub struct Term {
 pub struct Doc {
     pub id: String,
     pub title: String,
+    /// The clean text: the title (when `clean.text_fields` has it), then the abstract, ….
     pub text: String,
     pub split: Split,
+}
+
+impl Doc {
+    /// The text without its leading title: what a title query is searched against, so that the
+    /// title never answers itself. The whole text where it does not start with the title.
+    pub fn body(&self) -> &str {
+        without_title(&self.text, &self.title)
+    }
+
+    /// The title as a search query: `None` for a title of fewer than 3 words (a label, not a
+    /// question), a document with nothing but its title, or one whose body still holds the
+    /// title (it would answer itself).
+    pub fn title_query(&self) -> Option<&str> {
+        let title = self.title.trim();
+        let body = self.body();
+        (title.split_whitespace().count() >= 3 && !body.is_empty() && !body.contains(title))
+            .then_some(title)
+    }
+}
+
+/// `text` with a leading `title` sentence removed, with the stop and spaces after it (the
+/// cleaner joins the title and the abstract as two sentences); `text` itself where it does not
+/// begin with the title as a sentence of its own.
+pub fn without_title<'a>(text: &'a str, title: &str) -> &'a str {
+    const STOPS: [char; 4] = ['.', '?', '!', ':'];
+    let title = title.trim();
+    let Some(rest) = text.strip_prefix(title).filter(|_| !title.is_empty()) else {
+        return text;
+    };
+    let sentence_ends = rest.is_empty()
+        || rest.starts_with(STOPS)
+        || (title.ends_with(STOPS) && rest.starts_with(char::is_whitespace));
+    if sentence_ends {
+        rest.trim_start_matches(STOPS).trim_start()
+    } else {
+        text
+    }
 }
 
 /// The corpus, ready for pairing. Index `i` addresses `docs[i]`, `mesh[i]`, … alike.
@@ -334,6 +372,49 @@ impl CorpusBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_body_is_the_text_without_its_title() {
+        let doc = |title: &str, text: &str| Doc {
+            id: "pmid:1".into(),
+            title: title.into(),
+            text: text.into(),
+            split: Split::Train,
+        };
+        let d = doc(
+            "Tau spreads in mice",
+            "Tau spreads in mice. We injected tau fibrils.",
+        );
+        assert_eq!(d.body(), "We injected tau fibrils.");
+        assert_eq!(d.title_query(), Some("Tau spreads in mice"));
+        // A title with its own stop, or a question.
+        assert_eq!(
+            doc("Does tau spread?", "Does tau spread? Yes.").body(),
+            "Yes."
+        );
+        // A text that does not start with the title is whole (text_fields without the title).
+        assert_eq!(
+            doc("Tau spreads in mice", "We injected.").body(),
+            "We injected."
+        );
+        // Too short to be a query, or nothing but the title.
+        assert_eq!(doc("Tau", "Tau. We injected.").title_query(), None);
+        assert_eq!(
+            doc("Tau spreads in mice", "Tau spreads in mice.").title_query(),
+            None
+        );
+        assert_eq!(doc("", "Text only.").body(), "Text only.");
+        // A text that merely begins with the title's words keeps them, and is no title pair.
+        let d = doc("A lone article", "A lone article with no relation.");
+        assert_eq!(d.body(), "A lone article with no relation.");
+        assert_eq!(d.title_query(), None);
+        // A body that repeats the title makes no title query either.
+        let d = doc(
+            "Tau spreads in mice",
+            "Tau spreads in mice. Tau spreads in mice, we show.",
+        );
+        assert_eq!(d.title_query(), None);
+    }
 
     #[test]
     fn keywords_fold_case_punctuation_and_plurals() {

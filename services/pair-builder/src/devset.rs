@@ -28,12 +28,9 @@ use medembed_pipeline::store::ObjectStore;
 use medembed_pipeline::{keys, table};
 use medembed_retrieval::beir::{BeirDocument, BeirQuery, BeirSet};
 
+use crate::build::{CITATION_GAIN, TERM_GAIN};
 use crate::corpus::Corpus;
 use crate::terms::TermIndex;
-
-/// Gain of a citation link, and of a MeSH or keyword overlap.
-pub const CITATION_GAIN: f64 = 2.0;
-pub const TERM_GAIN: f64 = 1.0;
 
 /// Builds the dev set of `job` from its clean parts; `settings` must be the job's pair settings
 /// (the split seed and ratios decide which articles are held out).
@@ -89,11 +86,11 @@ pub fn dev_set(corpus: &Corpus, settings: &PairSettings, trained_on: &HashSet<St
     for (n, &a) in held.iter().enumerate() {
         for &b in &held[n + 1..] {
             let gain = if cited.contains(&(a.min(b), a.max(b))) {
-                CITATION_GAIN
+                f64::from(CITATION_GAIN)
             } else if mesh.score(a, b) as f64 >= settings.mesh_threshold
                 || keywords.score(a, b) as f64 >= settings.keyword_threshold
             {
-                TERM_GAIN
+                f64::from(TERM_GAIN)
             } else {
                 continue;
             };

@@ -7,8 +7,19 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, Float32Builder, RecordBatch, StringBuilder};
 use medembed_corpus::pairs::pair_schema;
 
-use crate::build::PairRow;
+use crate::build::{PairRow, Source};
 use crate::corpus::Corpus;
+
+/// The two texts of a pair: a title pair's title and its document's text without it, otherwise
+/// both documents' texts.
+pub fn pair_texts<'a>(corpus: &'a Corpus, row: &PairRow) -> (&'a str, &'a str) {
+    let (a, b) = (&corpus.docs[row.a as usize], &corpus.docs[row.b as usize]);
+    if row.source == Source::Title.name() {
+        (a.title.trim(), b.body())
+    } else {
+        (&a.text, &b.text)
+    }
+}
 
 /// Rows per Arrow batch of a pairs file.
 pub const BATCH_ROWS: usize = 16 * 1024;
@@ -22,7 +33,10 @@ pub fn pair_batches<'a>(
     rows.chunks(BATCH_ROWS).map(move |chunk| {
         let text_bytes: usize = chunk
             .iter()
-            .map(|r| corpus.docs[r.a as usize].text.len() + corpus.docs[r.b as usize].text.len())
+            .map(|r| {
+                let (a, b) = pair_texts(corpus, r);
+                a.len() + b.len()
+            })
             .sum();
         let mut id_a = StringBuilder::with_capacity(chunk.len(), chunk.len() * 12);
         let mut id_b = StringBuilder::with_capacity(chunk.len(), chunk.len() * 12);
@@ -33,10 +47,11 @@ pub fn pair_batches<'a>(
         let mut score = Float32Builder::with_capacity(chunk.len());
         for r in chunk {
             let (a, b) = (&corpus.docs[r.a as usize], &corpus.docs[r.b as usize]);
+            let (a_text, b_text) = pair_texts(corpus, r);
             id_a.append_value(&a.id);
             id_b.append_value(&b.id);
-            text_a.append_value(&a.text);
-            text_b.append_value(&b.text);
+            text_a.append_value(a_text);
+            text_b.append_value(b_text);
             label.append_value(r.label);
             source.append_value(r.source);
             score.append_value(r.score);
@@ -68,9 +83,10 @@ pub fn pairs_csv(corpus: &Corpus, rows: &[PairRow]) -> Vec<u8> {
     }
     let mut out = b"text1,text2,label\n".to_vec();
     for r in rows {
-        field(&mut out, &corpus.docs[r.a as usize].text);
+        let (a, b) = pair_texts(corpus, r);
+        field(&mut out, a);
         out.push(b',');
-        field(&mut out, &corpus.docs[r.b as usize].text);
+        field(&mut out, b);
         out.extend_from_slice(if r.label > 0.5 { b",1\n" } else { b",0\n" });
     }
     out

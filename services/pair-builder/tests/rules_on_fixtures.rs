@@ -10,10 +10,12 @@ use std::path::Path;
 use medembed_cleaner::Cleaner;
 use medembed_corpus::Reference;
 use medembed_corpus::clean::CleanArticle;
+use medembed_corpus::pairs::{Split, pairs_from_batches};
 use medembed_fetcher::files::read_local;
 use medembed_fetcher::xml::Limits;
 use medembed_pair_builder::build::{PairRow, build_pairs};
 use medembed_pair_builder::corpus::{CorpusBuilder, normalize_keyword};
+use medembed_pair_builder::output::{pair_batches, pairs_csv};
 use medembed_pipeline::config::{PairSettings, Settings};
 
 fn fixture_articles() -> Vec<CleanArticle> {
@@ -254,4 +256,49 @@ fn keyword_pairs_join_records_without_mesh_by_normalized_keywords() {
         assert!(!shared.is_empty(), "{a} {b}");
         println!("keyword pair {a} {b}: {shared:?}");
     }
+}
+
+#[test]
+fn title_pairs_ask_with_the_title_and_answer_with_the_abstract_alone() {
+    let articles = fixture_articles();
+    let mut settings = train_only();
+    settings.sources = vec!["title".into()];
+    let mut builder = CorpusBuilder::new(&settings);
+    builder.add(articles.clone());
+    let corpus = builder.finish();
+    let out = build_pairs(&corpus, &settings);
+    let rows = &out.pairs[&Split::Train];
+    let batches: Vec<_> = pair_batches(&corpus, rows).collect();
+    let pairs = pairs_from_batches("train", &batches).expect("pairs");
+    let titled: Vec<&CleanArticle> = articles
+        .iter()
+        .filter(|a| a.title.split_whitespace().count() >= 3 && !a.abstract_text.is_empty())
+        .collect();
+    assert!(titled.len() >= 20, "the fixtures have titled abstracts");
+    let title_pairs: Vec<_> = pairs.iter().filter(|p| p.source == "title").collect();
+    assert_eq!(
+        title_pairs.len(),
+        titled.len(),
+        "one pair per titled article"
+    );
+    for p in &title_pairs {
+        let article = titled
+            .iter()
+            .find(|a| a.id == p.id_a)
+            .expect("a titled article");
+        assert_eq!(p.id_a, p.id_b, "an article with itself");
+        assert_eq!(p.label, 1.0);
+        assert_eq!(p.text_a, article.title.trim());
+        // The document side is the abstract: the clean text without its title sentence.
+        assert_eq!(p.text_b, article.abstract_text, "{}", p.id_a);
+        assert!(
+            !p.text_b.contains(&p.text_a),
+            "{}: the title leaks into its document",
+            p.id_a
+        );
+    }
+    // The CSV export writes the same two sides.
+    let csv = String::from_utf8(pairs_csv(&corpus, rows)).expect("utf-8");
+    let first = title_pairs[0];
+    assert!(csv.contains(&format!("\"{}\",\"", first.text_a.replace('"', "\"\""))));
 }

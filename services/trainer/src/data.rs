@@ -20,9 +20,13 @@ pub struct LabelledPair {
     pub text_b: String,
     /// 1 = related, 0 = unrelated.
     pub label: f32,
-    /// How the pair was made (`citation`, `mesh`, `keyword`, `random`, `hard`; `csv` for the
-    /// seed format, which does not say).
+    /// How the pair was made (`title`, `citation`, `mesh`, `keyword`, `random`, `hard`; `csv`
+    /// for the seed format, which does not say).
     pub source: String,
+    /// The documents of the two texts (the pair-builder's ids; empty for CSV): mining keeps a
+    /// query's related documents out of its negatives.
+    pub id_a: String,
+    pub id_b: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +105,8 @@ pub fn read_pairs(path: &Path) -> Result<Vec<LabelledPair>, DataError> {
                 text_b: p.text_b,
                 label: p.label,
                 source: p.source,
+                id_a: p.id_a,
+                id_b: p.id_b,
             })
             .collect());
     }
@@ -149,6 +155,8 @@ pub fn read_pairs(path: &Path) -> Result<Vec<LabelledPair>, DataError> {
             text_b: field(b).to_string(),
             label,
             source: "csv".into(),
+            id_a: String::new(),
+            id_b: String::new(),
         });
     }
     Ok(out)
@@ -239,6 +247,7 @@ impl RetrievalSet {
                     query_id,
                     query,
                     relevant_ids,
+                    gains: Vec::new(),
                 })
                 .collect(),
             corpus,
@@ -256,6 +265,8 @@ mod tests {
             text_b: b.into(),
             label,
             source: "csv".into(),
+            id_a: String::new(),
+            id_b: String::new(),
         }
     }
 
@@ -377,6 +388,8 @@ mod tests {
                 text_b: "B".into(),
                 label: 1.0,
                 source: "mesh".into(),
+                id_a: "pmid:1".into(),
+                id_b: "pmid:2".into(),
             }]
         );
         std::fs::write(&file, b"garbage").expect("write");

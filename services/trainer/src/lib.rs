@@ -21,6 +21,7 @@ pub mod data;
 pub mod eval;
 pub mod loss;
 pub mod metrics;
+pub mod mine;
 pub mod schedule;
 pub mod stage;
 pub mod standalone;

@@ -18,7 +18,7 @@
 //! `eval_every_steps`; the best weights by val nDCG@10 (the base model included) are kept and are
 //! what the run returns.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use medembed_model::{ModelError, Precision, SentenceEncoder};
@@ -34,8 +34,9 @@ use crate::adamw::AdamW;
 use crate::batches::no_duplicate_batches;
 use crate::checkpoint::{Checkpoint, CheckpointStore};
 use crate::data::{LabelledPair, RetrievalSet, TextTable};
-use crate::eval::{EvalReport, evaluate};
+use crate::eval::{EvalReport, Ranking, evaluate, lexical_rankings};
 use crate::loss::{contrastive, cosine_mse, mnrl};
+use crate::mine::{MineSettings, MiningReport, mine};
 use crate::schedule::{linear_warmup_decay, warmup_steps};
 
 /// Everything a run learns from and is measured on.
@@ -96,6 +97,25 @@ pub struct Progress {
     /// What the matmuls computed in (`fp32`, `bf16`); evaluation is always fp32.
     #[serde(default)]
     pub precision: String,
+    /// The hard-negative mining before the first step.
+    #[serde(default)]
+    pub mining: MiningReport,
+}
+
+/// BM25's rankings of the val and test sets: the same for every evaluation of a run.
+struct Lexical {
+    val: Vec<Ranking>,
+    test: Vec<Ranking>,
+}
+
+impl Lexical {
+    fn of(inputs: &TrainInputs) -> Result<Self, TrainError> {
+        let rank = |set| lexical_rankings(set).map_err(|e| TrainError::Data(e.to_string()));
+        Ok(Self {
+            val: rank(&inputs.val_set)?,
+            test: rank(&inputs.test_set)?,
+        })
+    }
 }
 
 /// What a finished run hands back: the encoder with the best weights, and how it went.
@@ -139,11 +159,12 @@ pub struct Quiet;
 impl Observer for Quiet {}
 
 /// One training example: indices into the run's text table.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Example {
     a: usize,
     b: usize,
-    negative: Option<usize>,
+    /// Hard negatives: mined ones first, then the pair-builder's.
+    negatives: Vec<usize>,
     label: f32,
 }
 
@@ -152,8 +173,8 @@ struct Example {
 enum Side {
     Anchor,
     Partner,
-    /// Only for batches whose every example has a hard negative.
-    Negative,
+    /// The k-th hard negative; only for batches whose every example has more than k.
+    Negative(usize),
 }
 
 impl Side {
@@ -161,9 +182,7 @@ impl Side {
         match self {
             Side::Anchor => e.a,
             Side::Partner => e.b,
-            Side::Negative => e
-                .negative
-                .expect("negatives are used only when all are present"),
+            Side::Negative(k) => e.negatives[k],
         }
     }
 }
@@ -173,6 +192,7 @@ struct Examples {
     texts: Vec<String>,
     tokens: Vec<Vec<i64>>,
     items: Vec<Example>,
+    mining: MiningReport,
 }
 
 impl Examples {
@@ -193,11 +213,11 @@ impl Examples {
                 }
             }
             for p in pairs.iter().filter(|p| p.label >= 0.5) {
-                let negative = hard.get(p.text_a.as_str()).map(|n| id(n));
+                let negatives = hard.get(p.text_a.as_str()).map(|n| id(n));
                 items.push(Example {
                     a: id(&p.text_a),
                     b: id(&p.text_b),
-                    negative,
+                    negatives: negatives.into_iter().collect(),
                     label: 1.0,
                 });
             }
@@ -213,7 +233,7 @@ impl Examples {
                 items.push(Example {
                     a: id(&p.text_a),
                     b: id(&p.text_b),
-                    negative: None,
+                    negatives: Vec::new(),
                     label: p.label,
                 });
             }
@@ -226,7 +246,80 @@ impl Examples {
             texts: table.texts.iter().map(|t| t.to_string()).collect(),
             tokens,
             items,
+            mining: MiningReport::default(),
         })
+    }
+
+    /// Mines hard negatives ([`crate::mine`]) with `encoder` (the base weights: a resumed run
+    /// mines the same ones again) for the queries of the examples in `used` (those the run's
+    /// batches train on: a step budget mines only for what it reaches), among the documents of
+    /// every positive example, and puts them before the pair-builder's negatives.
+    fn mine_negatives(
+        &mut self,
+        settings: &TrainSettings,
+        pairs: &[LabelledPair],
+        encoder: &SentenceEncoder,
+        used: &[usize],
+    ) -> Result<(), TrainError> {
+        if !settings.loss.uses_in_batch_negatives() || settings.mined_negatives == 0 {
+            return Ok(());
+        }
+        // The documents of each text, and the documents related to each (positive pairs of two
+        // documents: citation, MeSH, keyword), so that a query's related documents, in any of
+        // their texts, are never its negatives.
+        let index: HashMap<&str, usize> = self
+            .texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.as_str(), i))
+            .collect();
+        let mut texts_of_doc: HashMap<&str, HashSet<usize>> = HashMap::new();
+        let mut related: HashMap<&str, HashSet<&str>> = HashMap::new();
+        for p in pairs.iter().filter(|p| p.label >= 0.5) {
+            for (id, text) in [(&p.id_a, &p.text_a), (&p.id_b, &p.text_b)] {
+                if !id.is_empty() {
+                    texts_of_doc
+                        .entry(id)
+                        .or_default()
+                        .insert(index[text.as_str()]);
+                }
+            }
+            if !p.id_a.is_empty() && !p.id_b.is_empty() {
+                related.entry(&p.id_a).or_default().insert(&p.id_b);
+                related.entry(&p.id_b).or_default().insert(&p.id_a);
+            }
+        }
+        let mut positives: HashMap<usize, HashSet<usize>> = HashMap::new();
+        for p in pairs.iter().filter(|p| p.label >= 0.5) {
+            let (a, b) = (index[p.text_a.as_str()], index[p.text_b.as_str()]);
+            let known = positives.entry(a).or_default();
+            known.insert(b);
+            // Its own document's other texts (its full text beside a title's body), and every
+            // text of a related document.
+            let own = std::iter::once(p.id_a.as_str());
+            for doc in own.chain(related.get(p.id_a.as_str()).into_iter().flatten().copied()) {
+                known.extend(texts_of_doc.get(doc).into_iter().flatten());
+            }
+        }
+        let queries: Vec<usize> = used.iter().map(|&i| self.items[i].a).collect();
+        let documents: Vec<usize> = self.items.iter().map(|e| e.b).collect();
+        let (mined, report) = mine(
+            encoder,
+            &self.texts,
+            &queries,
+            &documents,
+            &positives,
+            &MineSettings::of(settings),
+        )?;
+        for e in &mut self.items {
+            if let Some(found) = mined.get(&e.a) {
+                let mut negatives = found.clone();
+                negatives.extend(e.negatives.iter().filter(|n| !found.contains(n)));
+                e.negatives = negatives;
+            }
+        }
+        self.mining = report;
+        Ok(())
     }
 
     /// The batches of epoch `epoch` (indices into `items`).
@@ -320,8 +413,9 @@ impl Run<'_> {
             encoder.vs.device(),
             encoder.bert.compute_kind()
         ));
+        let lexical = Lexical::of(self.inputs)?;
         observer.phase("tokenizing");
-        let examples = Examples::build(s, &self.inputs.train, &encoder)?;
+        let mut examples = Examples::build(s, &self.inputs.train, &encoder)?;
         let accumulation = s.gradient_accumulation;
         let mut epochs: Vec<Vec<Vec<usize>>> =
             (0..s.epochs).map(|e| examples.batches(s, e)).collect();
@@ -335,6 +429,17 @@ impl Run<'_> {
             }
         }
         let total_steps: usize = epochs.iter().map(|b| b.len().div_ceil(accumulation)).sum();
+        if s.mined_negatives > 0 && s.loss.uses_in_batch_negatives() {
+            observer.phase("mining hard negatives with the base model");
+            let used: Vec<usize> = epochs.iter().flatten().flatten().copied().collect();
+            examples.mine_negatives(s, &self.inputs.train, &encoder, &used)?;
+            let m = &examples.mining;
+            observer.phase(&format!(
+                "{} hard negatives mined for {} queries among {} documents in {:.0} s ({} \
+                 candidates dropped as likely positives)",
+                m.negatives, m.queries, m.documents, m.seconds, m.dropped_as_likely_positive
+            ));
+        }
         let warmup = if s.warmup_steps > 0 {
             warmup_steps(total_steps, None, s.warmup_steps)
         } else {
@@ -363,8 +468,10 @@ impl Run<'_> {
                         .phase("a checkpoint of another run (other settings or data) is ignored");
                 }
                 observer.phase("evaluating the base model");
-                let baseline_val = self.evaluate(&mut encoder, "val", "base", observer)?;
-                let baseline_test = self.evaluate(&mut encoder, "test", "base", observer)?;
+                let baseline_val =
+                    self.evaluate(&mut encoder, &lexical, "val", "base", observer)?;
+                let baseline_test =
+                    self.evaluate(&mut encoder, &lexical, "test", "base", observer)?;
                 let progress = Progress {
                     fingerprint: fingerprint.clone(),
                     total_steps,
@@ -388,6 +495,7 @@ impl Run<'_> {
             }
         };
 
+        progress.mining = examples.mining.clone();
         progress.precision = match encoder.bert.compute_kind() {
             tch::Kind::BFloat16 => "bf16".into(),
             _ => "fp32".into(),
@@ -411,7 +519,8 @@ impl Run<'_> {
                 let mut loss = 0.0;
                 let mut pairs = 0;
                 for (micro, batch) in group.iter().enumerate() {
-                    let items: Vec<Example> = batch.iter().map(|&i| examples.items[i]).collect();
+                    let items: Vec<Example> =
+                        batch.iter().map(|&i| examples.items[i].clone()).collect();
                     loss += self.backward(
                         &encoder,
                         &examples,
@@ -445,7 +554,7 @@ impl Run<'_> {
                 let epoch_done = progress.batch_in_epoch == batches.len();
                 if s.eval_every_steps > 0 && progress.step % s.eval_every_steps == 0 && !epoch_done
                 {
-                    self.evaluate_and_keep_best(&mut encoder, &mut progress, observer)?;
+                    self.evaluate_and_keep_best(&mut encoder, &lexical, &mut progress, observer)?;
                     since_eval = false;
                     self.save(&progress, &encoder, &optimizer)?;
                 } else if s.checkpoint_every_steps > 0
@@ -456,7 +565,7 @@ impl Run<'_> {
                 }
             }
             if since_eval {
-                self.evaluate_and_keep_best(&mut encoder, &mut progress, observer)?;
+                self.evaluate_and_keep_best(&mut encoder, &lexical, &mut progress, observer)?;
                 since_eval = false;
             }
             progress.epoch += 1;
@@ -473,8 +582,8 @@ impl Run<'_> {
             "evaluating the best model (step {})",
             progress.best_step
         ));
-        let final_val = self.evaluate(&mut encoder, "val", "final", observer)?;
-        let final_test = self.evaluate(&mut encoder, "test", "final", observer)?;
+        let final_val = self.evaluate(&mut encoder, &lexical, "val", "final", observer)?;
+        let final_test = self.evaluate(&mut encoder, &lexical, "test", "final", observer)?;
         encoder.set_precision(Precision::Fp32);
         Ok(TrainOutcome {
             encoder,
@@ -488,13 +597,14 @@ impl Run<'_> {
     fn evaluate(
         &self,
         encoder: &mut SentenceEncoder,
+        lexical: &Lexical,
         split: &str,
         label: &str,
         observer: &mut dyn Observer,
     ) -> Result<EvalReport, TrainError> {
-        let (set, pairs) = match split {
-            "val" => (&self.inputs.val_set, &self.inputs.val),
-            _ => (&self.inputs.test_set, &self.inputs.test),
+        let (set, pairs, lexical) = match split {
+            "val" => (&self.inputs.val_set, &self.inputs.val, &lexical.val),
+            _ => (&self.inputs.test_set, &self.inputs.test, &lexical.test),
         };
         if set.queries.is_empty() && pairs.is_empty() {
             // No such split (`medembed train` without --test): nothing to report.
@@ -504,7 +614,7 @@ impl Run<'_> {
         // (fp32) weights as anyone loading them computes them.
         let training = encoder.bert.compute_kind();
         encoder.set_precision(Precision::Fp32);
-        let report = evaluate(encoder, set, pairs);
+        let report = evaluate(encoder, set, lexical, pairs);
         encoder.bert.set_compute_kind(training);
         let report = report?;
         observer.evaluated(split, label, &report);
@@ -514,10 +624,12 @@ impl Run<'_> {
     fn evaluate_and_keep_best(
         &self,
         encoder: &mut SentenceEncoder,
+        lexical: &Lexical,
         progress: &mut Progress,
         observer: &mut dyn Observer,
     ) -> Result<(), TrainError> {
-        let report = self.evaluate(encoder, "val", &format!("step {}", progress.step), observer)?;
+        let label = format!("step {}", progress.step);
+        let report = self.evaluate(encoder, lexical, "val", &label, observer)?;
         progress.val_history.push(EvalPoint {
             step: progress.step,
             ndcg_at_10: report.ndcg_at_10,
@@ -562,7 +674,8 @@ impl Run<'_> {
                 .map(|e| examples.tokens[pick.of(e)].as_slice())
                 .collect()
         };
-        let has_negatives = items.iter().all(|e| e.negative.is_some());
+        // Hard-negative slots every example of the batch fills.
+        let slots = items.iter().map(|e| e.negatives.len()).min().unwrap_or(0);
         let seed = |part: usize| tch::manual_seed(pass_seed(s.seed, step, micro, part));
         let scale = 1.0 / parts as f64;
         match s.loss {
@@ -572,8 +685,10 @@ impl Run<'_> {
                 let b = encoder.forward(&side(Side::Partner, items), true);
                 let loss = match s.loss {
                     TrainLoss::Mnrl => {
-                        let n = has_negatives
-                            .then(|| encoder.forward(&side(Side::Negative, items), true));
+                        let n: Vec<Tensor> = (0..slots)
+                            .map(|k| encoder.forward(&side(Side::Negative(k), items), true))
+                            .collect();
+                        let n = (slots > 0).then(|| Tensor::cat(&n, 0));
                         mnrl(&a, &b, n.as_ref(), s.scale, s.symmetric)
                     }
                     _ => {
@@ -592,11 +707,10 @@ impl Run<'_> {
             }
             TrainLoss::CachedMnrl => {
                 let chunks: Vec<&[Example]> = items.chunks(s.mini_batch_size).collect();
-                let sides: &[Side] = if has_negatives {
-                    &[Side::Anchor, Side::Partner, Side::Negative]
-                } else {
-                    &[Side::Anchor, Side::Partner]
-                };
+                let sides: Vec<Side> = [Side::Anchor, Side::Partner]
+                    .into_iter()
+                    .chain((0..slots).map(Side::Negative))
+                    .collect();
                 // 1. Embeddings of the whole batch, without a graph.
                 let reps: Vec<Tensor> = sides
                     .iter()
@@ -615,7 +729,9 @@ impl Run<'_> {
                     })
                     .collect();
                 // 2. The loss over the whole batch and its gradient per embedding.
-                let loss = mnrl(&reps[0], &reps[1], reps.get(2), s.scale, s.symmetric) * scale;
+                let negatives = (slots > 0).then(|| Tensor::cat(&reps[2..], 0));
+                let loss =
+                    mnrl(&reps[0], &reps[1], negatives.as_ref(), s.scale, s.symmetric) * scale;
                 loss.backward();
                 // 3. Chunk by chunk with a graph (same dropout), backpropagating those gradients.
                 for (k, pick) in sides.iter().enumerate() {

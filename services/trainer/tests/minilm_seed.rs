@@ -18,7 +18,7 @@ use medembed_model::SentenceEncoder;
 use medembed_model::hub::Hub;
 use medembed_pipeline::config::{ComputeDevice, Settings};
 use medembed_trainer::data::{LabelledPair, RetrievalSet, component_folds, read_pairs};
-use medembed_trainer::eval::evaluate;
+use medembed_trainer::eval::{evaluate, lexical_rankings};
 use medembed_trainer::standalone::{ProgressLines, StandaloneJob, run};
 use tokio_util::sync::CancellationToken;
 
@@ -172,7 +172,9 @@ async fn one_epoch_of_mnrl_on_the_seed_pairs_lowers_the_loss_and_raises_held_out
     // The published folder is the model that was measured.
     let loaded = SentenceEncoder::load(&out, tch::Device::Cpu).expect("published folder loads");
     let held_out = read_pairs(&val_csv).expect("val");
-    let again = evaluate(&loaded, &RetrievalSet::from_pairs(&held_out), &held_out).expect("eval");
+    let set = RetrievalSet::from_pairs(&held_out);
+    let lexical = lexical_rankings(&set).expect("bm25");
+    let again = evaluate(&loaded, &set, &lexical, &held_out).expect("eval");
     assert!((again.ndcg_at_10 - tuned.ndcg_at_10).abs() < 1e-6);
     assert!(
         !out.join(".checkpoints").exists(),

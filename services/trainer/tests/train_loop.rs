@@ -10,6 +10,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use medembed_corpus::pairs::{EvalDocument, EvalQuery};
 use medembed_model::SentenceEncoder;
 use medembed_model::testing::write_tiny_random_model;
 use medembed_pipeline::config::{ComputeDevice, Settings, TrainLoss, TrainSettings};
@@ -202,7 +203,7 @@ fn every_loss_trains_and_the_folder_is_complete() {
         assert_eq!(read.settings.loss, loss);
         let card = std::fs::read_to_string(out.join("README.md")).expect("card");
         assert!(
-            card.contains("| nDCG@10 |") && card.contains(loss.name()),
+            card.contains("| nDCG@10 (hybrid) |") && card.contains(loss.name()),
             "{card}"
         );
         let log = medembed_pipeline::table::decode(
@@ -384,4 +385,70 @@ fn mnrl_without_positives_is_a_data_error() {
         matches!(err, TrainError::Data(ref m) if m.contains("no positive pairs")),
         "{err}"
     );
+}
+
+#[test]
+fn a_run_that_cannot_beat_the_base_model_returns_the_base_weights() {
+    let _rng = torch_rng();
+    let setup = setup();
+    let mut inputs = inputs();
+    // A val set the base model already answers perfectly (each query is its document's whole
+    // text: cosine 1 and the best BM25), so no step can beat it, however training goes.
+    let mut texts: Vec<String> = inputs.val.iter().map(|p| p.text_a.clone()).collect();
+    texts.dedup();
+    let corpus: Vec<EvalDocument> = texts
+        .iter()
+        .take(8)
+        .enumerate()
+        .map(|(i, text)| EvalDocument {
+            id: format!("d{i}"),
+            text: text.clone(),
+        })
+        .collect();
+    let queries = corpus
+        .iter()
+        .map(|d| EvalQuery {
+            query_id: format!("q{}", d.id),
+            query: d.text.clone(),
+            relevant_ids: vec![d.id.clone()],
+            gains: Vec::new(),
+        })
+        .collect();
+    inputs.val_set = RetrievalSet { queries, corpus };
+    let mut s = settings(TrainLoss::Mnrl);
+    s.learning_rate = 5e-2;
+    s.epochs = 2;
+    let outcome = train(&setup, &s, &inputs, CancellationToken::new(), &mut Quiet).expect("trains");
+    let p = &outcome.progress;
+    assert_eq!(p.baseline_val.ndcg_at_10, 1.0, "{:?}", p.baseline_val);
+    assert!(
+        p.step > 0 && p.val_history.len() >= 3,
+        "trained and evaluated: {p:?}"
+    );
+    assert_eq!(p.best_step, 0, "{:?}", p.val_history);
+    // What the run returns (and the stage publishes) is the base model itself.
+    assert_eq!(outcome.final_val.ndcg_at_10, p.baseline_val.ndcg_at_10);
+    let base = SentenceEncoder::load(&setup.model, Device::Cpu).expect("base");
+    let probe: Vec<&str> = texts.iter().take(3).map(String::as_str).collect();
+    let (mut base, mut returned) = (base, outcome.encoder);
+    base.set_max_seq_length(s.max_seq_length).expect("length");
+    returned
+        .set_max_seq_length(s.max_seq_length)
+        .expect("length");
+    for (a, b) in base
+        .encode(&probe)
+        .expect("base encodes")
+        .iter()
+        .zip(returned.encode(&probe).expect("returned encodes"))
+    {
+        let diff = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            diff < 1e-5,
+            "the returned weights are the base's (max diff {diff})"
+        );
+    }
 }

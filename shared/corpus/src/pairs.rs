@@ -48,7 +48,8 @@ pub struct Pair {
     pub text_b: String,
     /// 1.0 = related (positive), 0.0 = unrelated (negative).
     pub label: f32,
-    /// `citation`, `mesh`, `keyword` (positives); `random`, `hard` (negatives).
+    /// `citation`, `mesh`, `keyword`, `title` (positives: `text_a` is the title, `text_b` the
+    /// same document without it); `random`, `hard` (negatives).
     pub source: String,
     /// The rule's strength: 1 for a citation, the weighted Jaccard for `mesh`/`keyword`/`hard`,
     /// 0 for `random`.
@@ -68,14 +69,25 @@ pub fn pair_schema() -> Arc<Schema> {
     ]))
 }
 
-/// A retrieval query of an evaluation set: a document's title, whose relevant documents are its
-/// positive partners in the same split. The query's own document is in the corpus too; an
-/// evaluator skips it (`query_id`) when ranking.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A retrieval query of an evaluation set, with its judged documents and their gains. The
+/// pair-builder's queries are held-out documents' titles (`query_id` `title:{document id}`),
+/// judged against the split's documents without their titles. A corpus document whose id is the
+/// `query_id` itself is skipped when ranking (BEIR's `ignore_identical_ids`: a query that is a
+/// document's whole text, as in sets made from labelled pairs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalQuery {
     pub query_id: String,
     pub query: String,
     pub relevant_ids: Vec<String>,
+    /// The gain of each of `relevant_ids` (graded nDCG); empty = 1 for each.
+    pub gains: Vec<f32>,
+}
+
+impl EvalQuery {
+    /// The id of the title query of document `id`.
+    pub fn title_query_id(id: &str) -> String {
+        format!("title:{id}")
+    }
 }
 
 pub fn eval_query_schema() -> Arc<Schema> {
@@ -83,6 +95,7 @@ pub fn eval_query_schema() -> Arc<Schema> {
         Field::new("query_id", DataType::Utf8, false),
         Field::new("query", DataType::Utf8, false),
         Field::new("relevant_ids", list_of(DataType::Utf8), false),
+        Field::new("gains", list_of(DataType::Float32), false),
     ]))
 }
 
@@ -110,9 +123,10 @@ pub fn pairs_from_batches(key: &str, batches: &[RecordBatch]) -> Result<Vec<Pair
 
 /// What to tell a user whose corpus made no training pairs (the pair-builder's warning and the
 /// job's summary say the same).
-pub const HOW_TO_GET_PAIRS: &str = "records with MeSH descriptors, author keywords or reference \
-     lists make pairs; so do more articles on one topic, or lower pairs.mesh_threshold / \
-     pairs.keyword_threshold";
+pub const HOW_TO_GET_PAIRS: &str = "articles with a title of 3+ words and an abstract make \
+     \"title\" pairs (keep \"title\" in pairs.sources); records with MeSH descriptors, author \
+     keywords or reference lists make relation pairs; so do more articles on one topic, or lower \
+     pairs.mesh_threshold / pairs.keyword_threshold";
 
 /// `pairs/stats.json`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

@@ -302,6 +302,11 @@ pub struct TrainSettings {
     pub scale: f64,
     pub symmetric: bool,
     pub use_hard_negatives: bool,
+    /// Hard negatives mined per training query with the base model (0 = none), drawn from the
+    /// best `mine_pool` candidates scoring below `mine_max_relative_score` × the positive's.
+    pub mined_negatives: usize,
+    pub mine_pool: usize,
+    pub mine_max_relative_score: f64,
     pub margin: f64,
     pub eval_every_steps: usize,
     pub checkpoint_every_steps: usize,
@@ -567,6 +572,15 @@ impl TrainSettings {
         if self.scale.is_nan() || self.scale <= 0.0 || self.scale > 1000.0 {
             return invalid("train.scale", "must be in (0, 1000]");
         }
+        if self.mined_negatives > 16 {
+            return invalid("train.mined_negatives", "must be 0..=16");
+        }
+        if self.mine_pool == 0 || self.mine_pool > 1000 {
+            return invalid("train.mine_pool", "must be 1..=1000");
+        }
+        if !(self.mine_max_relative_score > 0.0 && self.mine_max_relative_score <= 1.0) {
+            return invalid("train.mine_max_relative_score", "must be in (0, 1]");
+        }
         if !(0.0..=2.0).contains(&self.margin) {
             return invalid("train.margin", "must be in [0, 2] (cosine distance)");
         }
@@ -607,6 +621,7 @@ impl Settings {
                 .try_parsing(true)
                 // Lists from the environment are comma-separated.
                 .list_separator(",")
+                .with_list_parse_key("pairs.sources")
                 .with_list_parse_key("api.allowed_sources")
                 .with_list_parse_key("api.cors_allowed_origins")
                 .source(Some(env)),
@@ -745,11 +760,13 @@ impl Settings {
         if let Some(s) = p
             .sources
             .iter()
-            .find(|s| !["citation", "mesh", "keyword"].contains(&s.as_str()))
+            .find(|s| !["title", "citation", "mesh", "keyword"].contains(&s.as_str()))
         {
             return Err(invalid(
                 "pairs.sources",
-                format!("unknown source {s:?}: use \"citation\", \"mesh\" or \"keyword\""),
+                format!(
+                    "unknown source {s:?}: use \"title\", \"citation\", \"mesh\" or \"keyword\""
+                ),
             ));
         }
         if p.sources.is_empty() {

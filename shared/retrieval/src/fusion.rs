@@ -14,6 +14,10 @@ use std::hash::Hash;
 
 use serde::{Deserialize, Serialize};
 
+/// How deep each ranking goes before fusion in a job's search (and in the trainer's evaluation of
+/// it): deep enough that a document second-best in both lists is not cut before it is fused.
+pub const FUSION_DEPTH: usize = 100;
+
 /// How rankings are combined.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "method")]

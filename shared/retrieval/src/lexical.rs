@@ -34,7 +34,12 @@ use tantivy::{
     DocAddress, Index, IndexReader, IndexSettings, IndexWriter, ReloadPolicy, TantivyDocument, Term,
 };
 
-use crate::{IndexError, Result};
+/// A lexical index that could not be built, stored, opened or searched.
+#[derive(Debug, thiserror::Error)]
+#[error("lexical index: {0}")]
+pub struct LexicalError(pub String);
+
+pub type Result<T, E = LexicalError> = std::result::Result<T, E>;
 
 /// The analyzer's name in each index's tokenizer manager.
 const ANALYZER: &str = "medembed_english";
@@ -103,8 +108,8 @@ impl std::fmt::Debug for LexicalIndex {
     }
 }
 
-fn lexical_error(e: tantivy::TantivyError) -> IndexError {
-    IndexError::Lexical(e.to_string())
+fn lexical_error(e: tantivy::TantivyError) -> LexicalError {
+    LexicalError(e.to_string())
 }
 
 fn analyzer() -> TextAnalyzer {
@@ -233,9 +238,9 @@ impl LexicalIndex {
         let meta_json = self
             .directory
             .atomic_read(Path::new("meta.json"))
-            .map_err(|e| IndexError::Lexical(format!("meta.json: {e}")))?;
-        let mut meta_json = String::from_utf8(meta_json)
-            .map_err(|e| IndexError::Lexical(format!("meta.json: {e}")))?;
+            .map_err(|e| LexicalError(format!("meta.json: {e}")))?;
+        let mut meta_json =
+            String::from_utf8(meta_json).map_err(|e| LexicalError(format!("meta.json: {e}")))?;
         let mut files = Vec::new();
         match metas.as_slice() {
             [] => {}
@@ -250,22 +255,22 @@ impl LexicalIndex {
                     if !self
                         .directory
                         .exists(&path)
-                        .map_err(|e| IndexError::Lexical(format!("{}: {e}", path.display())))?
+                        .map_err(|e| LexicalError(format!("{}: {e}", path.display())))?
                     {
                         continue;
                     }
                     let bytes = self
                         .directory
                         .open_read(&path)
-                        .map_err(|e| IndexError::Lexical(format!("{}: {e}", path.display())))?
+                        .map_err(|e| LexicalError(format!("{}: {e}", path.display())))?
                         .read_bytes()
-                        .map_err(|e| IndexError::Lexical(format!("{}: {e}", path.display())))?;
+                        .map_err(|e| LexicalError(format!("{}: {e}", path.display())))?;
                     let name = path.to_string_lossy().replace(&simple, SEGMENT_NAME);
                     files.push((name, bytes.as_slice().to_vec()));
                 }
             }
             more => {
-                return Err(IndexError::Lexical(format!(
+                return Err(LexicalError(format!(
                     "{} segments after the merge, not one",
                     more.len()
                 )));
@@ -282,13 +287,13 @@ impl LexicalIndex {
         for (name, bytes) in files {
             directory
                 .atomic_write(Path::new(name), bytes)
-                .map_err(|e| IndexError::Lexical(format!("{name}: {e}")))?;
+                .map_err(|e| LexicalError(format!("{name}: {e}")))?;
         }
         let index = Index::open(directory.clone()).map_err(lexical_error)?;
         index.tokenizers().register(ANALYZER, analyzer());
         let (expected, fields) = schema();
         if index.schema() != expected {
-            return Err(IndexError::Lexical(
+            return Err(LexicalError(
                 "the stored lexical index has another schema than this version builds".into(),
             ));
         }
@@ -348,7 +353,7 @@ impl LexicalIndex {
                 .map_err(lexical_error)?;
             let row = rows
                 .first(address.doc_id)
-                .ok_or_else(|| IndexError::Lexical(format!("document {address:?} has no row")))?;
+                .ok_or_else(|| LexicalError(format!("document {address:?} has no row")))?;
             hits.push((row as usize, score));
         }
         // Equal scores in row order, so the ranking does not depend on segment layout.
