@@ -59,7 +59,7 @@ r = json.load(sys.stdin)
 mode, model = sys.argv[1], sys.argv[2]
 for x in r["results"]:
     if x["mode"] == mode and (x.get("model") or "-") == model:
-        print(json.dumps({"ndcg_at_10": round(x["measures"]["ndcg_at_10"], 4), "mrr_at_10": round(x["measures"]["mrr_at_10"], 4)}))
+        print(json.dumps({"ndcg_at_10": round(x["ndcg_at_10"], 4), "mrr_at_10": round(x["mrr_at_10"], 4)}))
 ' "$@"
 }
 
@@ -73,7 +73,7 @@ r = json.loads(sys.argv[1])
 row = {"name": "ablation/base", "dev_queries": r["queries"]}
 for x in r["results"]:
     key = x["mode"] + ("" if x["mode"] == "lexical" else "_base")
-    row[key + "_ndcg_at_10"] = round(x["measures"]["ndcg_at_10"], 4)
+    row[key + "_ndcg_at_10"] = round(x["ndcg_at_10"], 4)
 print(json.dumps(row))
 ' "$base_json"
 fi
@@ -102,8 +102,8 @@ m = json.load(open(metrics_path))
 row = {"name": "ablation/" + name}
 for x in eval_json["results"]:
     if x.get("model") == "job":
-        row[x["mode"] + "_ndcg_at_10"] = round(x["measures"]["ndcg_at_10"], 4)
-        row[x["mode"] + "_mrr_at_10"] = round(x["measures"]["mrr_at_10"], 4)
+        row[x["mode"] + "_ndcg_at_10"] = round(x["ndcg_at_10"], 4)
+        row[x["mode"] + "_mrr_at_10"] = round(x["mrr_at_10"], 4)
 for split in ("val", "test"):
     b, t = m["baseline"][split], m["fine_tuned"][split]
     row["self_" + split + "_hybrid"] = [round(b["ndcg_at_10"], 4), round(t["ndcg_at_10"], 4)]

@@ -302,7 +302,22 @@ impl Examples {
             }
         }
         let queries: Vec<usize> = used.iter().map(|&i| self.items[i].a).collect();
-        let documents: Vec<usize> = self.items.iter().map(|e| e.b).collect();
+        // One text per training document: the answer side of its title pair (its text without
+        // the title, what title queries are trained to find), else the first partner text of it;
+        // pairs without ids (CSV) bring every partner text.
+        let mut chosen: HashMap<&str, usize> = HashMap::new();
+        let mut documents: Vec<usize> = Vec::new();
+        for p in pairs.iter().filter(|p| p.label >= 0.5) {
+            let b = index[p.text_b.as_str()];
+            if p.id_b.is_empty() {
+                documents.push(b);
+            } else if p.source == "title" {
+                chosen.insert(&p.id_b, b);
+            } else {
+                chosen.entry(&p.id_b).or_insert(b);
+            }
+        }
+        documents.extend(chosen.into_values());
         let (mined, report) = mine(
             encoder,
             &self.texts,
