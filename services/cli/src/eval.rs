@@ -159,7 +159,7 @@ pub async fn eval(settings: Settings, args: EvalArgs) -> anyhow::Result<()> {
     // The folder's own BM25, unless the job's index answers.
     let mut job_search: Option<JobSearch> = None;
     if let Some(job) = &args.job {
-        let search = JobSearch::open(settings, args.data.clone(), job).await?;
+        let search = Box::pin(JobSearch::open(settings, args.data.clone(), job)).await?;
         report.job = Some(search.job.to_string());
         job_search = Some(search);
     }
