@@ -181,19 +181,27 @@ async fn check_outputs(
     let stats = stats(store, job).await;
     let mut all = BTreeMap::new();
     let mut split_of_text: HashMap<String, String> = HashMap::new();
-    let mut seen_pairs: HashSet<(String, String)> = HashSet::new();
+    let mut seen_pairs: HashSet<(String, String, bool)> = HashSet::new();
     let mut positives_per_doc: HashMap<String, usize> = HashMap::new();
     for split in ["train", "val", "test"] {
         let pairs = read_pairs(store, job, split).await;
         let mut counted: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
         for p in &pairs {
-            assert_ne!(p.id_a, p.id_b, "no self-pairs");
+            // Title pairs are an article with itself: its title, and its text without it.
+            if p.source == "title" {
+                assert_eq!(p.id_a, p.id_b, "a title pair is one article");
+                assert!(!p.text_b.contains(&p.text_a), "the title leaks: {}", p.id_a);
+            } else {
+                assert_ne!(p.id_a, p.id_b, "no self-pairs");
+            }
             assert_ne!(p.text_a, p.text_b, "no pair of identical texts");
             let key = if p.id_a < p.id_b {
                 (p.id_a.clone(), p.id_b.clone())
             } else {
                 (p.id_b.clone(), p.id_a.clone())
             };
+            // An article's title pair and a relation pair never share a key (one is a self-pair).
+            let key = (key.0, key.1, p.source == "title");
             assert!(
                 seen_pairs.insert(key),
                 "no duplicate pairs: {} {}",
@@ -212,6 +220,7 @@ async fn check_outputs(
                     *positives_per_doc.entry(p.id_a.clone()).or_default() += 1;
                     *positives_per_doc.entry(p.id_b.clone()).or_default() += 1;
                 }
+                "title" => assert_eq!(p.label, 1.0),
                 "random" | "hard" => assert_eq!(p.label, 0.0),
                 other => panic!("unknown source {other}"),
             }

@@ -37,6 +37,8 @@ fn run_sample(data: &Path) -> Command {
         .env("MEDEMBED__TRAIN__BATCH_SIZE", "2")
         .env("MEDEMBED__TRAIN__EPOCHS", "20")
         .env("MEDEMBED__TRAIN__CHECKPOINT_EVERY_STEPS", "2")
+        // Mining is tested elsewhere; here it would only add minutes before each start.
+        .env("MEDEMBED__TRAIN__MINED_NEGATIVES", "0")
         .env("MEDEMBED__INDEX__MAX_SEQ_LENGTH", "128");
     cmd
 }
