@@ -137,8 +137,10 @@ async fn one_epoch_of_mnrl_on_the_seed_pairs_lowers_the_loss_and_raises_held_out
         metrics.best_step, metrics.optimizer_steps,
         "the end of the epoch is the published model"
     );
+    // The model alone (dense): with whole abstracts as queries, BM25 is weak (about 0.10) and
+    // holds the fused figure below the dense one.
     assert!(
-        tuned.ndcg_at_10 > 0.15 && tuned.roc_auc > 0.6,
+        tuned.dense_ndcg_at_10 > 0.15 && tuned.roc_auc > 0.6,
         "a working encoder: {tuned:?}"
     );
 
