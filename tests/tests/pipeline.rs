@@ -23,9 +23,10 @@ use medembed_pipeline::messages::{JobId, QUEUES};
 
 /// Settings for both runs: the offline MiniLM as base model, small parts (so the cleaner and
 /// the indexer fan out), the loosest pair thresholds (the sample's articles are unrelated, see
-/// samples/sample.toml), enough small training steps to kill the trainer in the middle, frequent
-/// checkpoints, a short training lease (a restarted trainer takes over the killed one's job),
-/// quick retries.
+/// samples/sample.toml), a dozen small training steps (enough to kill the trainer in the middle;
+/// the title pairs alone would make hundreds over 20 epochs, each checkpoint a ~270 MB upload),
+/// frequent checkpoints, a short training lease (a restarted trainer takes over the killed one's
+/// job), quick retries.
 const SETTINGS: &[(&str, &str)] = &[
     ("MEDEMBED__PAIRS__MESH_THRESHOLD", "0.02"),
     ("MEDEMBED__PAIRS__KEYWORD_THRESHOLD", "0.01"),
@@ -37,6 +38,7 @@ const SETTINGS: &[(&str, &str)] = &[
     ("MEDEMBED__TRAIN__MAX_SEQ_LENGTH", "64"),
     ("MEDEMBED__TRAIN__BATCH_SIZE", "2"),
     ("MEDEMBED__TRAIN__EPOCHS", "20"),
+    ("MEDEMBED__TRAIN__MAX_STEPS", "12"),
     ("MEDEMBED__TRAIN__CHECKPOINT_EVERY_STEPS", "2"),
     ("MEDEMBED__TRAIN__LEASE_SECS", "10"),
     ("MEDEMBED__INDEX__MAX_SEQ_LENGTH", "128"),

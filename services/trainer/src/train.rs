@@ -442,6 +442,11 @@ impl Run<'_> {
                 batches.truncate(left * accumulation);
                 left -= batches.len().div_ceil(accumulation);
             }
+            // Epochs past the budget would train nothing but still end with an evaluation
+            // and a checkpoint each.
+            while epochs.len() > 1 && epochs.last().is_some_and(Vec::is_empty) {
+                epochs.pop();
+            }
         }
         let total_steps: usize = epochs.iter().map(|b| b.len().div_ceil(accumulation)).sum();
         if s.mined_negatives > 0 && s.loss.uses_in_batch_negatives() {
@@ -517,7 +522,7 @@ impl Run<'_> {
         };
         observer.phase("training");
         let mut since_eval = false;
-        while progress.epoch < s.epochs {
+        while progress.epoch < epochs.len() {
             let batches = &epochs[progress.epoch];
             while progress.batch_in_epoch < batches.len() {
                 if self.stop.is_cancelled() {

@@ -271,6 +271,14 @@ fn max_steps_caps_the_steps_over_all_epochs() {
         (last - s.learning_rate / 18.0).abs() < 1e-12,
         "last lr {last}"
     );
+
+    // A budget inside the first epoch: the epochs past it are not run at all (no evaluation,
+    // no checkpoint each), so the run ends after epoch 1.
+    s.max_steps = 5;
+    let outcome = train(&setup, &s, &inputs, CancellationToken::new(), &mut Quiet).expect("train");
+    let p = &outcome.progress;
+    assert_eq!((p.step, p.epoch), (5, 1), "{:?}", p.val_history);
+    assert_eq!(p.val_history.len(), 2, "base and the end of epoch 1");
 }
 
 /// Stops the run (as SIGTERM or Ctrl-C would) once it reaches `at` steps.
