@@ -272,7 +272,7 @@ pub fn model_card(m: &ModelMetrics) -> String {
         pps = m.pairs_per_second,
     );
     type Measure = fn(&EvalReport) -> f64;
-    let rows: [(&str, Measure); 11] = [
+    let rows: [(&str, Measure); 13] = [
         ("nDCG@10 (hybrid)", |r| r.ndcg_at_10),
         ("MRR@10 (hybrid)", |r| r.mrr_at_10),
         ("Recall@1", |r| r.recall_at_1),
@@ -282,6 +282,12 @@ pub fn model_card(m: &ModelMetrics) -> String {
         ("nDCG@10 (dense)", |r| r.dense_ndcg_at_10),
         ("MRR@10 (dense)", |r| r.dense_mrr_at_10),
         ("nDCG@10 (BM25 alone)", |r| r.lexical_ndcg_at_10),
+        ("nDCG@10 on relations alone (hybrid)", |r| {
+            r.related_ndcg_at_10
+        }),
+        ("nDCG@10 on relations alone (dense)", |r| {
+            r.related_dense_ndcg_at_10
+        }),
         ("Spearman (cosine vs label)", |r| r.spearman),
         ("ROC-AUC", |r| r.roc_auc),
     ];
