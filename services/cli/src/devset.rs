@@ -38,8 +38,8 @@ pub async fn dev_set(settings: Settings, args: DevSetArgs) -> anyhow::Result<()>
         .map_err(|e| anyhow::anyhow!("job {job}: {e}"))?;
     if set.queries.is_empty() {
         bail!(
-            "job {job}: no held-out article has a citation or MeSH relation to another one, so \
-             there is nothing to judge; a dev set needs a larger corpus on one topic"
+            "job {job}: no held-out article has a citation, MeSH or keyword relation to another \
+             article, so there is nothing to judge; a dev set needs a larger corpus on one topic"
         );
     }
     set.write(&args.out, &args.split)

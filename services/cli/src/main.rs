@@ -133,8 +133,9 @@ enum Command {
     /// `--job JOB` scores a finished job's own search, and its base model beside it.
     Eval(eval::EvalArgs),
     /// Write a dev set in the BEIR format from a finished job's held-out articles (its test
-    /// split, in no training pair): their titles as queries, the other held-out articles judged 2
-    /// (citation link) or 1 (MeSH or keyword overlap), over the job's whole corpus. Score it with
+    /// split, in no training pair): their titles as queries, every other article of the job
+    /// judged 2 (citation link) or 1 (MeSH or keyword overlap), training articles included, over
+    /// the job's whole corpus. Score it with
     /// `medembed eval --beir DIR --job JOB`. A proxy to compare settings on one corpus with, not
     /// a measure of real questions.
     DevSet(devset::DevSetArgs),

@@ -280,7 +280,7 @@ fn a_corpus_without_mesh_or_references_is_indexed_with_the_base_model() {
     );
     assert!(!out.status.success());
     assert!(
-        text(&out.stderr).contains("no held-out article has a citation or MeSH relation"),
+        text(&out.stderr).contains("no held-out article has a citation, MeSH or keyword relation"),
         "{}",
         text(&out.stderr)
     );

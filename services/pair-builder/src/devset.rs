@@ -1,21 +1,26 @@
 //! A dev set in the BEIR format, made from a job's own corpus, to choose search settings with
 //! (`medembed dev-set`, then `medembed eval --beir`).
 //!
-//! Queries and their relevant documents come only from held-out articles: those of the test
-//! split (the pair-builder's document-level [`split`](crate::split)), which no training pair
-//! touches; an article found in `pairs/train.parquet` anyway is left out. Each held-out article
-//! with a relation to another held-out one becomes a query: its title, as a user might type a
-//! question on its topic. Its judgements grade the other held-out articles:
+//! Queries come only from held-out articles: those of the test split (the pair-builder's
+//! document-level [`split`](crate::split)), which no training pair touches; an article found in
+//! `pairs/train.parquet` anyway is left out. Each held-out article with a relation to another
+//! article becomes a query: its title, as a user might type a question on its topic. Its
+//! judgements grade every other article of the corpus, in any split:
 //!
 //! - 2: a citation link, either way;
 //! - 1: MeSH descriptors overlapping at or above `pairs.mesh_threshold` (the pair-builder's own
 //!   IDF-weighted Jaccard, check tags left out), or author keywords at `pairs.keyword_threshold`.
 //!
-//! The corpus is the whole job corpus, so training articles are there as distractors; the
-//! query's own article is in it too, and evaluators skip it (its id is the query id, BEIR's
-//! `ignore_identical_ids`). It is a proxy: titles are not the questions users ask, and relations
-//! come from the same signals the training pairs come from. Use it to compare settings on one
-//! corpus, not as a claim about real queries.
+//! Training articles are judged like the others, as a user's search over the whole corpus
+//! judges them. Judging held-out articles alone (the first version) counted every training
+//! article a fine-tuned model ranked high as a miss, related or not, and so measured any
+//! fine-tuning on the corpus as a loss. No relation of a held-out article is trained on either
+//! way: pairs never cross splits.
+//!
+//! The corpus is the whole job corpus; the query's own article is in it too, and evaluators
+//! skip it (its id is the query id, BEIR's `ignore_identical_ids`). It is a proxy: titles are not
+//! the questions users ask, and relations come from the same signals the training pairs come
+//! from. Use it to compare settings on one corpus, not as a claim about real queries.
 
 use std::collections::{HashMap, HashSet};
 
@@ -60,12 +65,11 @@ pub fn dev_set(corpus: &Corpus, settings: &PairSettings, trained_on: &HashSet<St
             corpus.docs[i].split == Split::Test && !trained_on.contains(&corpus.docs[i].id)
         })
         .collect();
-    let is_held: HashSet<usize> = held.iter().copied().collect();
     let mut cited: HashSet<(usize, usize)> = HashSet::new();
-    for &a in &held {
-        for &b in &corpus.references[a] {
+    for (a, references) in corpus.references.iter().enumerate() {
+        for &b in references {
             let b = b as usize;
-            if b != a && is_held.contains(&b) {
+            if b != a {
                 cited.insert((a.min(b), a.max(b)));
             }
         }
@@ -83,8 +87,8 @@ pub fn dev_set(corpus: &Corpus, settings: &PairSettings, trained_on: &HashSet<St
         settings.max_posting,
     );
     let mut qrels: HashMap<String, HashMap<String, f64>> = HashMap::new();
-    for (n, &a) in held.iter().enumerate() {
-        for &b in &held[n + 1..] {
+    for &a in &held {
+        for b in (0..corpus.len()).filter(|&b| b != a) {
             let gain = if cited.contains(&(a.min(b), a.max(b))) {
                 f64::from(CITATION_GAIN)
             } else if mesh.score(a, b) as f64 >= settings.mesh_threshold
@@ -94,15 +98,10 @@ pub fn dev_set(corpus: &Corpus, settings: &PairSettings, trained_on: &HashSet<St
             } else {
                 continue;
             };
-            let (ia, ib) = (&corpus.docs[a].id, &corpus.docs[b].id);
             qrels
-                .entry(ia.clone())
+                .entry(corpus.docs[a].id.clone())
                 .or_default()
-                .insert(ib.clone(), gain);
-            qrels
-                .entry(ib.clone())
-                .or_default()
-                .insert(ia.clone(), gain);
+                .insert(corpus.docs[b].id.clone(), gain);
         }
     }
     let queries: Vec<BeirQuery> = held
@@ -175,7 +174,7 @@ mod tests {
     }
 
     #[test]
-    fn queries_and_judgements_come_only_from_held_out_articles_graded_by_relation() {
+    fn held_out_titles_ask_and_every_related_article_is_judged_by_relation() {
         let settings = Settings::load(None).expect("defaults").pairs;
         let mut builder = CorpusBuilder::new(&settings);
         builder.add((1..=300).map(article).collect());
@@ -203,10 +202,11 @@ mod tests {
         assert_eq!(set.corpus.len(), 300, "the corpus is the whole job corpus");
         assert_eq!(set.corpus[4].title, "Article number 5 on its topic");
         assert_eq!(set.corpus[4].text, "The abstract of article 5.");
-        // Expected by construction: neighbours in the citation chain 2, same group 1.
+        // Expected by construction: neighbours in the citation chain 2, same group 1, in any
+        // split (training articles included).
         let mut expected: HashMap<String, HashMap<String, f64>> = HashMap::new();
         for &a in &held {
-            for &b in &held {
+            for b in 1..=300 {
                 let gain = if a.abs_diff(b) == 1 {
                     2.0
                 } else if a != b && (a - 1) / 3 == (b - 1) / 3 {
@@ -236,7 +236,23 @@ mod tests {
                 format!("Article number {} on its topic", number(&q.id))
             );
         }
-        assert!(!set.qrels.contains_key(&leaked));
-        assert!(set.qrels.values().all(|j| !j.contains_key(&leaked)));
+        assert!(
+            !set.qrels.contains_key(&leaked),
+            "a leaked article asks nothing"
+        );
+        // Training articles are judged: some query's neighbour sits in the train split.
+        let train: HashSet<&str> = corpus
+            .docs
+            .iter()
+            .filter(|d| d.split == Split::Train)
+            .map(|d| d.id.as_str())
+            .collect();
+        assert!(
+            set.qrels
+                .values()
+                .flat_map(|j| j.keys())
+                .any(|id| train.contains(id.as_str())),
+            "no training article judged"
+        );
     }
 }
