@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 
+use medembed_corpus::pairs::EvalQuery;
 use medembed_model::SentenceEncoder;
 use medembed_retrieval::Measures;
 use medembed_retrieval::fusion::{FUSION_DEPTH, Fusion};
@@ -116,6 +117,23 @@ pub fn fused_rankings(lexical: &[Ranking], dense: &[Ranking]) -> Vec<Ranking> {
         .collect()
 }
 
+/// A query's judgements as gains by document id (1 where the set gives no grade), without
+/// `leave_out`.
+fn judged<'a>(query: &'a EvalQuery, leave_out: Option<&str>) -> HashMap<&'a str, f64> {
+    query
+        .relevant_ids
+        .iter()
+        .enumerate()
+        .filter(|(_, id)| Some(id.as_str()) != leave_out)
+        .map(|(i, id)| {
+            (
+                id.as_str(),
+                query.gains.get(i).map_or(1.0, |&g| f64::from(g)),
+            )
+        })
+        .collect()
+}
+
 /// The mean measures of `rankings` (one per query of `set`, corpus rows best first) against the
 /// set's graded judgements; a document whose id is the query's id is skipped.
 pub fn score_rankings(set: &RetrievalSet, rankings: &[Ranking]) -> Measures {
@@ -130,18 +148,7 @@ pub fn score_rankings(set: &RetrievalSet, rankings: &[Ranking]) -> Measures {
                 .filter(|id| *id != query.query_id)
                 .take(100)
                 .collect();
-            let gains: HashMap<&str, f64> = query
-                .relevant_ids
-                .iter()
-                .enumerate()
-                .map(|(i, id)| {
-                    (
-                        id.as_str(),
-                        query.gains.get(i).map_or(1.0, |&g| f64::from(g)),
-                    )
-                })
-                .collect();
-            Measures::graded(&ranked, &gains)
+            Measures::graded(&ranked, &judged(query, None))
         })
         .collect();
     Measures::mean(&all)
@@ -157,18 +164,7 @@ pub fn score_related(set: &RetrievalSet, rankings: &[Ranking]) -> (Measures, usi
             .query_id
             .strip_prefix("title:")
             .unwrap_or(&query.query_id);
-        let gains: HashMap<&str, f64> = query
-            .relevant_ids
-            .iter()
-            .enumerate()
-            .filter(|(_, id)| id.as_str() != own)
-            .map(|(i, id)| {
-                (
-                    id.as_str(),
-                    query.gains.get(i).map_or(1.0, |&g| f64::from(g)),
-                )
-            })
-            .collect();
+        let gains = judged(query, Some(own));
         if gains.is_empty() {
             continue;
         }
