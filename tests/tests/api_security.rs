@@ -536,7 +536,17 @@ async fn a_full_encoder_queue_answers_503_and_queues_nothing_more() {
         api.state.limits.peak_queued_texts() <= 16,
         "never more than api.max_queued_texts waiting"
     );
-    assert_eq!(api.state.limits.queued_texts(), 0, "every permit came back");
+    // The model thread sends each answer before it drops the request's permit, so the last
+    // permits may come back just after the last answer (seen under load).
+    let returned = medembed_e2e::eventually(Duration::from_secs(10), || async {
+        api.state.limits.queued_texts() == 0
+    })
+    .await;
+    assert!(
+        returned,
+        "every permit came back: {} still held",
+        api.state.limits.queued_texts()
+    );
 
     // Over the token limit: 8 texts of 256 tokens each (after truncation) is 2048 > 1500.
     let long = json!({"input": vec!["word ".repeat(600); 8], "model": model});
