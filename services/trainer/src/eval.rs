@@ -160,10 +160,7 @@ pub fn score_rankings(set: &RetrievalSet, rankings: &[Ranking]) -> Measures {
 pub fn score_related(set: &RetrievalSet, rankings: &[Ranking]) -> (Measures, usize) {
     let mut all = Vec::new();
     for (query, ranking) in set.queries.iter().zip(rankings) {
-        let own = query
-            .query_id
-            .strip_prefix("title:")
-            .unwrap_or(&query.query_id);
+        let own = query.own_document_id();
         let gains = judged(query, Some(own));
         if gains.is_empty() {
             continue;

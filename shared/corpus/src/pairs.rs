@@ -88,6 +88,14 @@ impl EvalQuery {
     pub fn title_query_id(id: &str) -> String {
         format!("title:{id}")
     }
+
+    /// The document this query was made from: the titled document of a title query, else the
+    /// query id itself (a query made from a document's text).
+    pub fn own_document_id(&self) -> &str {
+        self.query_id
+            .strip_prefix("title:")
+            .unwrap_or(&self.query_id)
+    }
 }
 
 pub fn eval_query_schema() -> Arc<Schema> {
