@@ -301,8 +301,17 @@ fn a_corpus_without_mesh_or_references_trains_on_its_titles() {
     let corpus = tmp.path().join("bare");
     bare_corpus(&corpus);
     let data = tmp.path().join("data");
-    // The default sources; a short step budget (the test is about what trains, not how well).
-    let (summary, stderr) = run_with(&corpus, &data, &[], &[("MEDEMBED__TRAIN__MAX_STEPS", "2")]);
+    // The default sources; a short step budget (the test is about what trains, not how well);
+    // mining (off by default) on, to cover it over title pairs.
+    let (summary, stderr) = run_with(
+        &corpus,
+        &data,
+        &[],
+        &[
+            ("MEDEMBED__TRAIN__MAX_STEPS", "2"),
+            ("MEDEMBED__TRAIN__MINED_NEGATIVES", "1"),
+        ],
+    );
     let job = job_id(&data);
     assert!(summary.contains(&format!("job {job} done")), "{summary}");
     assert!(!summary.contains("not fine-tuned"), "{summary}\n{stderr}");
