@@ -241,8 +241,7 @@ async fn check_outputs(
         positives_per_doc.values().all(|&n| n <= cap),
         "the per-document cap holds"
     );
-    // The evaluation corpora hold the whole corpus (it is under EVAL_CORPUS_MAX), without
-    // titles; the pairs above never crossed splits.
+    // The evaluation corpora hold the split's documents only.
     for split in ["val", "test"] {
         let key = keys::pairs_file(job, &format!("eval_{split}_corpus.parquet"));
         let docs: Vec<EvalDocument> = rows_from_batches(
@@ -252,7 +251,13 @@ async fn check_outputs(
                 .expect("eval corpus"),
         )
         .expect("rows");
-        assert_eq!(docs.len() as u64, stats.documents);
+        assert_eq!(docs.len() as u64, stats.documents_per_split[split]);
+        for d in &docs {
+            let first = split_of_text
+                .entry(d.text.clone())
+                .or_insert(split.to_string());
+            assert_eq!(first, split, "an evaluation document also in another split");
+        }
         let key = keys::pairs_file(job, &format!("eval_{split}.parquet"));
         let queries: Vec<EvalQuery> = rows_from_batches(
             &key,
@@ -263,7 +268,7 @@ async fn check_outputs(
         .expect("rows");
         let ids: HashSet<&str> = docs.iter().map(|d| d.id.as_str()).collect();
         for q in &queries {
-            // A held-out title, its own document judged 3, every judged document searched.
+            // A held-out title, its own document judged 3, every judged document in the split.
             let own = q.query_id.strip_prefix("title:").expect("a title query");
             assert!(ids.contains(own));
             assert_eq!(q.gains.len(), q.relevant_ids.len());

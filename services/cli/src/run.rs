@@ -429,7 +429,7 @@ async fn summary(
         }
         writeln!(
             out,
-            "            held-out titles as queries over the whole corpus, hybrid search (dense alone):"
+            "            held-out titles as queries over held-out articles, hybrid search (dense alone):"
         )?;
         writeln!(
             out,

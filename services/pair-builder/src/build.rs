@@ -14,15 +14,11 @@
 //!    keyword and with no citation either way, drawn with a seeded RNG; with `hard_negatives`, up
 //!    to half of them are near misses (sharing terms, below the threshold, no citation).
 //! 5. Evaluation sets for val and test, query-style: each document of the split with a title
-//!    query is a query; the documents searched are the whole corpus (every split: users search
-//!    all of it, mostly documents the model trained on), without their titles, up to
-//!    [`EVAL_CORPUS_MAX`]; the judgements grade the query's own document [`SELF_GAIN`], a
-//!    citation partner [`CITATION_GAIN`], a MeSH or keyword partner [`TERM_GAIN`] in any split
-//!    (relations found by the job's rules, before the split and the cap: a held-out document is
-//!    never in a training pair, so none of these relations was trained on). So the job's own
-//!    evaluation asks what its users ask (a short query, the corpus they search), not how alike
-//!    two documents are. Searching the held-out documents alone, it rose with almost every
-//!    fine-tuning while search over the whole corpus fell (BENCHMARKS.md "Search quality II").
+//!    query is a query; the documents searched are the split's documents without their titles;
+//!    the judgements grade the query's own document [`SELF_GAIN`], a citation partner
+//!    [`CITATION_GAIN`], a MeSH or keyword partner [`TERM_GAIN`] (relations found by the job's
+//!    rules, before the cap). So the job's own evaluation asks what its users ask (a short query,
+//!    its documents), not how alike two documents are.
 //!
 //! Every step is deterministic: same corpus, same settings, same seed → the same pairs in the
 //! same order.
@@ -123,44 +119,6 @@ fn cites(corpus: &Corpus, a: u32, b: u32) -> bool {
         || corpus.references[b as usize].binary_search(&a).is_ok()
 }
 
-/// The documents an evaluation set searches, a soft limit. Up to it, the whole corpus (users
-/// search all of it); above it, the split's own documents and every document judged for its
-/// queries (always, even past the limit), then a seeded sample of the rest up to the limit, so
-/// that evaluating stays affordable on large corpora.
-pub const EVAL_CORPUS_MAX: usize = 10_000;
-
-/// The documents (corpus indices, ascending) a held-out split's evaluation searches: see
-/// [`EVAL_CORPUS_MAX`].
-fn eval_corpus(
-    corpus: &Corpus,
-    split_docs: &[u32],
-    relevant: &BTreeMap<u32, BTreeMap<u32, f32>>,
-    seed: u64,
-) -> Vec<u32> {
-    let all = corpus.len() as u32;
-    if corpus.len() <= EVAL_CORPUS_MAX {
-        return (0..all).collect();
-    }
-    let mut chosen: FxHashSet<u32> = split_docs.iter().copied().collect();
-    for q in split_docs {
-        chosen.extend(relevant.get(q).into_iter().flat_map(|r| r.keys().copied()));
-    }
-    let mut rest: Vec<u32> = (0..all).filter(|i| !chosen.contains(i)).collect();
-    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x5EA2_C4ED);
-    let room = EVAL_CORPUS_MAX.saturating_sub(chosen.len()).min(rest.len());
-    // A partial Fisher-Yates shuffle: the first `room` entries are the sample.
-    for i in 0..room {
-        let j = rng.random_range(i..rest.len());
-        rest.swap(i, j);
-    }
-    let mut out: Vec<u32> = chosen
-        .into_iter()
-        .chain(rest.into_iter().take(room))
-        .collect();
-    out.sort_unstable();
-    out
-}
-
 /// Builds the pairs of a corpus.
 pub fn build_pairs(corpus: &Corpus, settings: &PairSettings) -> PairOutputs {
     let mut dropped: BTreeMap<String, u64> = BTreeMap::new();
@@ -223,26 +181,8 @@ pub fn build_pairs(corpus: &Corpus, settings: &PairSettings) -> PairOutputs {
     }
 
     clock.lap("positive_candidates");
-    let split_of = |i: u32| corpus.docs[i as usize].split;
-    // 5 (collected now, before the split and the cap): relevance judgements for evaluation. A
-    // held-out document's relations count wherever the other document sits: users search the
-    // whole corpus, most of it the documents the model trained on.
-    let mut relevant: BTreeMap<u32, BTreeMap<u32, f32>> = BTreeMap::new();
-    for p in &candidates {
-        let gain = if p.source == Source::Citation {
-            CITATION_GAIN
-        } else {
-            TERM_GAIN
-        };
-        for (q, d) in [(p.a, p.b), (p.b, p.a)] {
-            if split_of(q) != Split::Train && q != d {
-                let best = relevant.entry(q).or_default().entry(d).or_insert(gain);
-                *best = best.max(gain);
-            }
-        }
-    }
-
     // 2. Within a split only; once per unordered pair, under the strongest rule.
+    let split_of = |i: u32| corpus.docs[i as usize].split;
     let before = candidates.len();
     candidates.retain(|p| split_of(p.a) == split_of(p.b));
     count(&mut dropped, "cross_split", before - candidates.len());
@@ -254,6 +194,20 @@ pub fn build_pairs(corpus: &Corpus, settings: &PairSettings) -> PairOutputs {
         "found_by_several_rules",
         before - candidates.len(),
     );
+
+    // 5 (collected now, before the cap): relevance judgments for evaluation.
+    let mut relevant: BTreeMap<u32, Vec<(u32, f32)>> = BTreeMap::new();
+    for p in &candidates {
+        if split_of(p.a) != Split::Train {
+            let gain = if p.source == Source::Citation {
+                CITATION_GAIN
+            } else {
+                TERM_GAIN
+            };
+            relevant.entry(p.a).or_default().push((p.b, gain));
+            relevant.entry(p.b).or_default().push((p.a, gain));
+        }
+    }
 
     // 3. The per-document cap, best pairs first, the rules taking turns: the best pair of each
     //    rule, then the second best of each, … so that citations (all scored 1) do not crowd out
@@ -433,8 +387,9 @@ pub fn build_pairs(corpus: &Corpus, settings: &PairSettings) -> PairOutputs {
                     let query = d.title_query()?;
                     let mut judged: BTreeMap<&str, f32> = BTreeMap::new();
                     judged.insert(&d.id, SELF_GAIN);
-                    for (&r, &gain) in relevant.get(&q).into_iter().flatten() {
-                        judged.insert(&doc(r).id, gain);
+                    for &(r, gain) in relevant.get(&q).into_iter().flatten() {
+                        let best = judged.entry(&doc(r).id).or_insert(gain);
+                        *best = best.max(gain);
                     }
                     Some(EvalQuery {
                         query_id: EvalQuery::title_query_id(&d.id),
@@ -449,11 +404,9 @@ pub fn build_pairs(corpus: &Corpus, settings: &PairSettings) -> PairOutputs {
                 .eval_queries
                 .insert(split.name().to_string(), queries.len() as u64);
             outputs.eval_queries.insert(split, queries);
-            let searched = eval_corpus(corpus, docs, &relevant, settings.seed);
             outputs.eval_documents.insert(
                 split,
-                searched
-                    .iter()
+                docs.iter()
                     .map(|&i| {
                         let d = doc(i);
                         EvalDocument {

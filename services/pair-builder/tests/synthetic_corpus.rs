@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use medembed_corpus::pairs::Split;
-use medembed_pair_builder::build::{EVAL_CORPUS_MAX, PairOutputs, PairRow, build_pairs};
+use medembed_pair_builder::build::{PairOutputs, PairRow, build_pairs};
 use medembed_pair_builder::corpus::{Corpus, CorpusBuilder};
 use medembed_pair_builder::synthetic::SyntheticCorpus;
 use medembed_pair_builder::terms::TermIndex;
@@ -162,81 +162,5 @@ fn the_same_seed_gives_the_same_pairs_and_hard_negatives_are_near_misses() {
             "{split}: hard negatives are at most half"
         );
         assert_eq!(rows.len() - positives, positives, "{split}: still 1:1");
-    }
-}
-
-/// Above [`EVAL_CORPUS_MAX`] documents, a held-out split's evaluation searches its own documents
-/// and every document judged for its queries (many of them training documents), and fills up to
-/// the limit with a sample of the rest.
-#[test]
-fn above_the_limit_evaluation_searches_own_and_judged_documents_and_a_sample() {
-    let settings = settings();
-    let n = EVAL_CORPUS_MAX + 2_000;
-    // One reference per document, so that the judged documents leave room for the sample.
-    let mut synthetic = SyntheticCorpus::new(n);
-    synthetic.references = 1;
-    let mut builder = CorpusBuilder::new(&settings);
-    for start in (0..n).step_by(1000) {
-        // Titles of their own (the synthetic text has none), so that held-out titles are queries.
-        let articles = synthetic.articles(start..(start + 1000).min(n));
-        builder.add(
-            articles
-                .into_iter()
-                .enumerate()
-                .map(|(i, mut a)| {
-                    a.title = format!("Synthetic finding {} of the corpus", start + i);
-                    a.text = format!("{}. {}", a.title, a.abstract_text);
-                    a
-                })
-                .collect(),
-        );
-    }
-    let corpus = builder.finish();
-    let out = build_pairs(&corpus, &settings);
-    assert!(corpus.len() > EVAL_CORPUS_MAX);
-    let split_of: HashMap<&str, Split> = corpus
-        .docs
-        .iter()
-        .map(|d| (d.id.as_str(), d.split))
-        .collect();
-    for split in [Split::Val, Split::Test] {
-        let searched: HashSet<&str> = out.eval_documents[&split]
-            .iter()
-            .map(|d| d.id.as_str())
-            .collect();
-        let mut required: HashSet<&str> = corpus
-            .docs
-            .iter()
-            .filter(|d| d.split == split)
-            .map(|d| d.id.as_str())
-            .collect();
-        assert!(out.eval_queries[&split].len() > 500, "{split:?}");
-        for q in &out.eval_queries[&split] {
-            required.extend(q.relevant_ids.iter().map(String::as_str));
-        }
-        assert!(
-            required.iter().all(|id| searched.contains(id)),
-            "{split:?}: every own and judged document is searched"
-        );
-        let judged_in_train = required
-            .iter()
-            .filter(|id| split_of[*id] == Split::Train)
-            .count();
-        assert!(judged_in_train > 100, "{split:?}: {judged_in_train}");
-        println!(
-            "{split:?}: {} searched, {} own or judged, of {}",
-            searched.len(),
-            required.len(),
-            corpus.len()
-        );
-        assert!(
-            required.len() < EVAL_CORPUS_MAX,
-            "{split:?}: room for a sample"
-        );
-        assert_eq!(
-            searched.len(),
-            EVAL_CORPUS_MAX,
-            "{split:?}: the sample fills the rest"
-        );
     }
 }

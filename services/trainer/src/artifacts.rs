@@ -232,9 +232,9 @@ pub fn model_card(m: &ModelMetrics) -> String {
          | optimizer steps | {steps} (published: step {best}, best val nDCG@10) |\n\
          | device | {device} ({precision} matmuls) |\n| training time | {secs:.1} s ({pps:.1} pairs/s) |\n\n\
          ## Evaluation\n\n\
-         Retrieval, query-style: each held-out article's title is a query over the whole corpus \
-         without its titles, judged 3 for its own article, 2 for a citation link, 1 for shared \
-         MeSH descriptors or keywords (in any split); ranked in the job's default hybrid search (BM25 and \
+         Retrieval, query-style: each held-out article's title is a query over the split's \
+         articles without their titles, judged 3 for its own article, 2 for a citation link, 1 for \
+         shared MeSH descriptors or keywords; ranked in the job's default hybrid search (BM25 and \
          the model fused by reciprocal rank), dense alone below. Labelled pairs: Spearman of cosine \
          vs label and ROC-AUC.\n\n\
          | metric | base val | fine-tuned val | base test | fine-tuned test |\n|---|---:|---:|---:|---:|\n",

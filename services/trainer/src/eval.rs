@@ -4,9 +4,9 @@
 //!   the corpus in the job's default (hybrid) mode, BM25 and the model's cosine fused by
 //!   reciprocal rank exactly as the api fuses them (depth [`FUSION_DEPTH`]), and in dense mode
 //!   alone; graded nDCG@10, MRR@10, Recall@1/10/100 and MAP@100, averaged over queries. The
-//!   pair-builder's sets are query-style (held-out titles against the whole corpus without its
-//!   titles, graded self > citation > MeSH in any split), so the gain reported is the gain a
-//!   user's search sees, and it is what the best checkpoint is chosen by;
+//!   pair-builder's sets are query-style (held-out titles against held-out documents without
+//!   their titles, graded self > citation > MeSH), so the gain reported is the gain a user's
+//!   search sees, and it is what the best checkpoint is chosen by;
 //! - labelled pairs: Spearman of cosine vs label, ROC-AUC, and the cosines themselves (for the
 //!   similarity-distribution chart).
 

@@ -71,7 +71,7 @@ pub fn pair_schema() -> Arc<Schema> {
 
 /// A retrieval query of an evaluation set, with its judged documents and their gains. The
 /// pair-builder's queries are held-out documents' titles (`query_id` `title:{document id}`),
-/// judged against the whole corpus without its titles (relations in any split). A corpus document whose id is the
+/// judged against the split's documents without their titles. A corpus document whose id is the
 /// `query_id` itself is skipped when ranking (BEIR's `ignore_identical_ids`: a query that is a
 /// document's whole text, as in sets made from labelled pairs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
