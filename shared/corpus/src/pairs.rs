@@ -83,17 +83,20 @@ pub struct EvalQuery {
     pub gains: Vec<f32>,
 }
 
+/// The prefix of a title query's id before its document's id, written and read in one place.
+const TITLE_QUERY_PREFIX: &str = "title:";
+
 impl EvalQuery {
     /// The id of the title query of document `id`.
     pub fn title_query_id(id: &str) -> String {
-        format!("title:{id}")
+        format!("{TITLE_QUERY_PREFIX}{id}")
     }
 
     /// The document this query was made from: the titled document of a title query, else the
     /// query id itself (a query made from a document's text).
     pub fn own_document_id(&self) -> &str {
         self.query_id
-            .strip_prefix("title:")
+            .strip_prefix(TITLE_QUERY_PREFIX)
             .unwrap_or(&self.query_id)
     }
 }
