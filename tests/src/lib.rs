@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod binaries;
+pub mod containers;
 pub mod deployment;
 pub mod fixture_job;
 pub mod prometheus;
