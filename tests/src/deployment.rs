@@ -256,3 +256,63 @@ impl Drop for Deployment {
         }
     }
 }
+
+/// A work unit of a job: its stage and, for a per-part task, the part.
+pub type WorkUnit = (String, Option<u64>);
+
+/// How many times workers finished each work unit of a job, read from their JSON log records
+/// (the runner logs `task done` after the ack, inside the task's span).
+#[derive(Debug, Default)]
+pub struct Completions(pub BTreeMap<WorkUnit, usize>);
+
+impl Completions {
+    pub fn from_records(records: impl IntoIterator<Item = serde_json::Value>) -> Self {
+        let mut done = BTreeMap::new();
+        for record in records {
+            if record["message"] != "task done" {
+                continue;
+            }
+            let span = &record["span"];
+            let stage = span["stage"].as_str().unwrap_or("?").to_string();
+            *done.entry((stage, span["part"].as_u64())).or_insert(0) += 1;
+        }
+        Self(done)
+    }
+
+    /// The units a job with `raw_parts` raw parts must finish that were never finished: clean and
+    /// embed per part; fetch, pairs, train, index and build once.
+    pub fn lost(&self, raw_parts: usize) -> Vec<WorkUnit> {
+        let mut expected: Vec<WorkUnit> = Vec::new();
+        for part in 0..raw_parts as u64 {
+            expected.push(("clean".into(), Some(part)));
+            expected.push(("embed".into(), Some(part)));
+        }
+        for stage in ["fetch", "pairs", "train", "index", "build"] {
+            expected.push((stage.into(), None));
+        }
+        expected
+            .into_iter()
+            .filter(|u| !self.0.contains_key(u))
+            .collect()
+    }
+
+    /// Per-part tasks finished more than once (work redone after a kill or a lost ack). Barrier
+    /// checks (pairs, build) run once per finished part by design, so they do not count.
+    pub fn duplicated(&self) -> usize {
+        self.0
+            .iter()
+            .filter(|((_, part), _)| part.is_some())
+            .map(|(_, n)| n - 1)
+            .sum()
+    }
+
+    /// How many tasks were finished in all.
+    pub fn total(&self) -> usize {
+        self.0.values().sum()
+    }
+
+    /// How many times `stage`'s job-level task was finished.
+    pub fn of(&self, stage: &str) -> usize {
+        self.0.get(&(stage.to_string(), None)).copied().unwrap_or(0)
+    }
+}

@@ -10,14 +10,13 @@
 //! through the api. The test reaches the containers over the network's bridge, as an operator on
 //! the host would.
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use medembed_e2e::api::TestKeys;
 use medembed_e2e::containers::{Containers, Spec, image, podman, podman_ok};
-use medembed_e2e::deployment::{API, WORKERS, sample_corpus};
+use medembed_e2e::deployment::{API, Completions, WORKERS, sample_corpus};
 use medembed_e2e::eventually;
 use medembed_pipeline::config::Settings;
 use medembed_pipeline::keys;
@@ -260,23 +259,6 @@ fn start_services(c: &mut Containers, s: &Secrets) {
     c.exec("rabbitmq", &["rabbitmqctl", "-q", "delete_user", "guest"]);
 }
 
-/// Per work unit (stage, part), how many times a container finished it (the runner logs
-/// `task done` after the ack).
-fn completions(c: &Containers, names: &[&str]) -> BTreeMap<(String, Option<u64>), usize> {
-    let mut done = BTreeMap::new();
-    for name in names {
-        for record in c.log_records(name) {
-            if record["message"] != "task done" {
-                continue;
-            }
-            let span = &record["span"];
-            let stage = span["stage"].as_str().unwrap_or("?").to_string();
-            *done.entry((stage, span["part"].as_u64())).or_insert(0) += 1;
-        }
-    }
-    done
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_from_submit_to_search_in_read_only_non_root_containers_loses_nothing_to_a_stopped_worker()
  {
@@ -414,22 +396,10 @@ async fn a_job_from_submit_to_search_in_read_only_non_root_containers_loses_noth
     assert!(raw_parts >= 5, "the sample fans out into parts");
     let mut names: Vec<&str> = WORKERS.to_vec();
     names.push("medembed-trainer-2");
-    let done = completions(&c, &names);
-    let mut expected: Vec<(String, Option<u64>)> = Vec::new();
-    for part in 0..raw_parts as u64 {
-        expected.push(("clean".into(), Some(part)));
-        expected.push(("embed".into(), Some(part)));
-    }
-    for stage in ["fetch", "pairs", "train", "index", "build"] {
-        expected.push((stage.into(), None));
-    }
-    let lost: Vec<_> = expected.iter().filter(|u| !done.contains_key(*u)).collect();
-    let duplicated: usize = done
-        .iter()
-        .filter(|((stage, part), _)| part.is_some() || stage == "train")
-        .map(|(_, n)| n - 1)
-        .sum();
-    let completed: usize = done.values().sum();
+    let done = Completions::from_records(names.iter().flat_map(|n| c.log_records(n)));
+    let lost = done.lost(raw_parts);
+    let duplicated = done.duplicated();
+    let completed = done.total();
     println!(
         "images e2e: job_s={job_s:.1} raw_parts={raw_parts} tasks_completed={completed} lost={} duplicated={duplicated} trainer_stopped_exit={exit}",
         lost.len()
@@ -437,7 +407,7 @@ async fn a_job_from_submit_to_search_in_read_only_non_root_containers_loses_noth
     assert!(lost.is_empty(), "never completed: {lost:?}");
     assert_eq!(duplicated, 0, "{done:?}");
     assert_eq!(
-        done[&("train".to_string(), None)],
+        done.of("train"),
         1,
         "the restarted trainer finished the task"
     );

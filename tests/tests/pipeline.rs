@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use medembed_e2e::deployment::{API, Deployment, WORKERS, binary, sample_corpus};
+use medembed_e2e::deployment::{API, Completions, Deployment, WORKERS, binary, sample_corpus};
 use medembed_e2e::prometheus::{Prometheus, dashboard_queries, metric_names_in};
 use medembed_e2e::{ServicesGuard, dev_services, rabbitmqctl};
 use medembed_pipeline::keys;
@@ -86,21 +86,9 @@ async fn outputs(d: &Deployment, job: JobId) -> BTreeMap<String, u64> {
     out
 }
 
-/// Per work unit (stage, part), how many times a worker finished it (the runner logs
-/// `task done` after the ack, inside the task's span).
-fn completions(d: &Deployment) -> BTreeMap<(String, Option<u64>), usize> {
-    let mut done = BTreeMap::new();
-    for bin in WORKERS {
-        for record in d.log_records(bin) {
-            if record["message"] != "task done" {
-                continue;
-            }
-            let span = &record["span"];
-            let stage = span["stage"].as_str().unwrap_or("?").to_string();
-            *done.entry((stage, span["part"].as_u64())).or_insert(0) += 1;
-        }
-    }
-    done
+/// Per work unit, how many times a worker of `d` finished it.
+fn completions(d: &Deployment) -> Completions {
+    Completions::from_records(WORKERS.iter().flat_map(|bin| d.log_records(bin)))
 }
 
 /// Prometheus scraping every process of `d` and RabbitMQ's per-queue metrics.
@@ -368,23 +356,9 @@ async fn a_job_survives_kills_a_broker_restart_an_s3_outage_and_poison_with_iden
 
     // Every work unit of the job was done; how many were done twice.
     let done = completions(&d);
-    let mut expected: Vec<(String, Option<u64>)> = Vec::new();
-    for part in 0..raw_parts as u64 {
-        expected.push(("clean".into(), Some(part)));
-        expected.push(("embed".into(), Some(part)));
-    }
-    for stage in ["fetch", "pairs", "train", "index", "build"] {
-        expected.push((stage.into(), None));
-    }
-    let lost: Vec<_> = expected.iter().filter(|u| !done.contains_key(*u)).collect();
-    let tasks_completed: usize = done.values().sum();
-    // Barrier checks (pairs, build) run once per finished part by design; a part task done
-    // more than once is a duplicate (work redone after a kill or a lost ack).
-    let duplicated: usize = done
-        .iter()
-        .filter(|((_, part), _)| part.is_some())
-        .map(|(_, n)| n - 1)
-        .sum();
+    let lost = done.lost(raw_parts);
+    let tasks_completed = done.total();
+    let duplicated = done.duplicated();
     let published_by_workers: usize = WORKERS
         .iter()
         .map(|bin| {
