@@ -406,10 +406,18 @@ async fn a_job_from_submit_to_search_in_read_only_non_root_containers_loses_noth
     );
     assert!(lost.is_empty(), "never completed: {lost:?}");
     assert_eq!(duplicated, 0, "{done:?}");
+    // Trained once, by the restarted container (the stopped one finished nothing). Delivery is
+    // at least once: a second copy of the train task may come (seen with the machine loaded),
+    // and the trainer then only sees the published model and acks it.
+    let skipped = names
+        .iter()
+        .flat_map(|n| c.log_records(n))
+        .filter(|r| r["message"] == "model already published; not training again")
+        .count();
     assert_eq!(
-        done.of("train"),
+        done.of("train") as i64 - skipped as i64,
         1,
-        "the restarted trainer finished the task"
+        "trained once, by the restarted trainer: {done:?}"
     );
     queue.close().await;
 }
