@@ -167,11 +167,14 @@ fn medembed_spec(bin: &str, s: &Secrets) -> Spec {
         tmpfs: vec!["/tmp".into()],
         ..Spec::default()
     };
-    match bin {
-        "medembed-fetcher" => spec.mounts.push(format!(
+    // The fetcher reads the sample corpus; the api checks `files:` sources against it.
+    if bin == "medembed-fetcher" || bin == API {
+        spec.mounts.push(format!(
             "{}:{SAMPLES_IN_CONTAINER}/corpus:ro",
             samples.display()
-        )),
+        ));
+    }
+    match bin {
         "medembed-trainer" | "medembed-indexer" | API => {
             spec.command = vec![bin.to_string()];
             // The model cache volume of compose and k8s.
@@ -182,10 +185,6 @@ fn medembed_spec(bin: &str, s: &Secrets) -> Spec {
         _ => {}
     }
     if bin == API {
-        spec.mounts.push(format!(
-            "{}:{SAMPLES_IN_CONTAINER}/corpus:ro",
-            samples.display()
-        ));
         spec.env.extend(
             [
                 ("MEDEMBED__API__LISTEN_ADDR", "0.0.0.0:8080"),
