@@ -1,7 +1,8 @@
 //! [`SentenceEncoder`]: a model folder loaded for embedding. Texts are tokenized, sorted by length
-//! and cut into batches by a token budget, so a batch pads its texts only up to its own longest
-//! (short texts never wait on a long one); each batch is encoded, pooled (mean over real tokens,
-//! or [CLS]) and L2-normalized when the model says so; results come back in input order.
+//! and cut into batches by a token budget; each batch runs through the packed encoder (real tokens
+//! only, see [`crate::bert`]), and sorting keeps the one padded step, attention, close to the real
+//! lengths too; embeddings are pooled (mean over real tokens, or [CLS]) and L2-normalized when the
+//! model says so; results come back in input order.
 //!
 //! On CPU everything is fp32. On CUDA the encoder computes in bf16 (see [`crate::bert`]); TF32 for
 //! the remaining fp32 matmuls is switched on by `TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1` in the
@@ -11,7 +12,7 @@ use std::path::Path;
 
 use tch::{Device, Kind, Tensor, nn};
 
-use crate::bert::Bert;
+use crate::bert::{Bert, PackedBatch};
 use crate::folder::{ModelFolder, Pooling};
 use crate::tokenizer::TextTokenizer;
 use crate::{ModelError, Result};
@@ -118,8 +119,21 @@ impl SentenceEncoder {
         Ok(out)
     }
 
-    /// Sentence embeddings `[batch, hidden]` of token id lists (as a tensor, for training).
+    /// Sentence embeddings `[batch, hidden]` of token id lists (as a tensor, for training), through
+    /// the packed encoder: no work on padding outside attention.
     pub fn forward(&self, batch: &[&[i64]], train: bool) -> Tensor {
+        let packed = PackedBatch::new(batch, self.folder.config.pad_token_id, self.vs.device());
+        let hidden = self.bert.forward_packed(&packed, train);
+        let pooled = match self.folder.pooling {
+            Pooling::Cls => packed.first_tokens(&hidden),
+            Pooling::Mean => packed.mean_pool(&hidden),
+        };
+        self.normalized(pooled)
+    }
+
+    /// As [`SentenceEncoder::forward`], through the padded reference encoder
+    /// ([`Bert::forward_padded`]): for tests and benchmarks that compare the two.
+    pub fn forward_padded(&self, batch: &[&[i64]], train: bool) -> Tensor {
         let longest = batch.iter().map(|b| b.len()).max().unwrap_or(1).max(1);
         let pad = self.folder.config.pad_token_id;
         let mut flat = Vec::with_capacity(batch.len() * longest);
@@ -134,7 +148,7 @@ impl SentenceEncoder {
         let shape = [batch.len() as i64, longest as i64];
         let input = Tensor::from_slice(&flat).view(shape).to(device);
         let mask = Tensor::from_slice(&mask).view(shape).to(device);
-        let hidden = self.bert.forward(&input, &mask, train);
+        let hidden = self.bert.forward_padded(&input, &mask, train);
         let pooled = match self.folder.pooling {
             Pooling::Cls => hidden.select(1, 0),
             Pooling::Mean => {
@@ -143,6 +157,11 @@ impl SentenceEncoder {
                     / m.sum_dim_intlist(1, false, None).clamp_min(1e-9)
             }
         };
+        self.normalized(pooled)
+    }
+
+    /// L2-normalized rows if the model folder says so (sentence-transformers' Normalize module).
+    fn normalized(&self, pooled: Tensor) -> Tensor {
         if self.folder.normalize {
             let norm = pooled.norm_scalaropt_dim(2, [1], true).clamp_min(1e-12);
             pooled / norm
