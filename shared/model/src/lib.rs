@@ -6,6 +6,7 @@
 pub mod bert;
 pub mod encoder;
 pub mod export;
+pub mod flops;
 pub mod folder;
 pub mod hub;
 pub mod testing;
