@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
-use medembed_pipeline::config::IndexSettings;
+use medembed_pipeline::config::{HnswVectors, IndexSettings};
 use medembed_pipeline::messages::JobId;
 use serde::{Deserialize, Serialize};
 
@@ -14,7 +14,7 @@ use crate::clusters;
 use crate::lexical::{LexicalDocument, LexicalIndex};
 use crate::map::pca_2d;
 use crate::tables::{ArticleRecord, IndexedDocument, MapPoint, TopicCluster};
-use crate::vectors::{HnswParams, IndexKind, VectorIndex, Vectors};
+use crate::vectors::{ExpansionCalibration, HnswParams, IndexKind, VectorIndex, Vectors};
 use crate::{IndexError, Result};
 
 /// `index/_plan.json`, written by the index task before it fans out: the parts to embed (the
@@ -38,6 +38,13 @@ pub struct IndexManifest {
     pub silhouette: Option<f64>,
     pub hnsw_connectivity: usize,
     pub hnsw_expansion_add: usize,
+    /// How the graph stores its vectors (f32 in an index built before the setting existed).
+    #[serde(default)]
+    pub hnsw_vectors: HnswVectors,
+    /// The search expansion the build calibrated for `index.hnsw_target_recall` (HNSW only;
+    /// none in an index built before calibration existed).
+    #[serde(default)]
+    pub hnsw_calibration: Option<ExpansionCalibration>,
     /// RFC 3339.
     pub built_at: String,
     pub build_seconds: f64,
@@ -48,11 +55,15 @@ pub struct IndexManifest {
 }
 
 impl IndexManifest {
+    /// The graph's parameters, searching with the larger of `expansion_search` (the setting) and
+    /// the calibrated expansion.
     pub fn hnsw_params(&self, expansion_search: usize) -> HnswParams {
+        let calibrated = self.hnsw_calibration.map_or(0, |c| c.expansion_search);
         HnswParams {
             connectivity: self.hnsw_connectivity,
             expansion_add: self.hnsw_expansion_add,
-            expansion_search,
+            expansion_search: expansion_search.max(calibrated),
+            vectors: self.hnsw_vectors,
         }
     }
 }
@@ -231,12 +242,35 @@ pub fn build(
                 connectivity: settings.hnsw_connectivity,
                 expansion_add: settings.hnsw_expansion_add,
                 expansion_search: settings.hnsw_expansion_search,
+                vectors: settings.hnsw_vectors,
             },
             threads,
         )?
     } else {
         VectorIndex::exact(&vectors)
     };
+    let hnsw_calibration = index.calibrate_expansion(
+        &vectors,
+        settings.hnsw_expansion_search,
+        settings.hnsw_target_recall,
+    )?;
+    if let Some(c) = &hnsw_calibration {
+        if c.recall_at_10 < c.target_recall {
+            tracing::warn!(
+                recall_at_10 = c.recall_at_10,
+                target = c.target_recall,
+                expansion_search = c.expansion_search,
+                "HNSW recall stays below index.hnsw_target_recall at the widest search expansion: raise index.hnsw_connectivity or index.hnsw_expansion_add"
+            );
+        } else {
+            tracing::info!(
+                recall_at_10 = c.recall_at_10,
+                expansion_search = c.expansion_search,
+                seconds = c.seconds,
+                "HNSW search expansion calibrated"
+            );
+        }
+    }
     let manifest = IndexManifest {
         job_id: job,
         kind: index.kind(),
@@ -247,6 +281,8 @@ pub fn build(
         silhouette: clustering.silhouette,
         hnsw_connectivity: settings.hnsw_connectivity,
         hnsw_expansion_add: settings.hnsw_expansion_add,
+        hnsw_vectors: settings.hnsw_vectors,
+        hnsw_calibration,
         built_at: medembed_pipeline::status::now_rfc3339(),
         build_seconds: started.elapsed().as_secs_f64(),
         lexical_files: Vec::new(),

@@ -5,6 +5,7 @@
 //! Scores are cosine similarities: vectors are L2-normalized when they are made, so the inner
 //! product is the cosine, whatever the model's own `Normalize` module says.
 
+use medembed_pipeline::config::HnswVectors;
 use tch::{Kind, Tensor};
 
 use crate::{IndexError, Result};
@@ -105,6 +106,24 @@ pub struct HnswParams {
     pub connectivity: usize,
     pub expansion_add: usize,
     pub expansion_search: usize,
+    pub vectors: HnswVectors,
+}
+
+/// Corpus vectors the build searches to calibrate the search expansion.
+pub const CALIBRATION_QUERIES: usize = 200;
+/// The widest expansion calibration tries.
+pub const MAX_EXPANSION_SEARCH: usize = 4096;
+
+/// What the build measured ([`VectorIndex::calibrate_expansion`]): the smallest search expansion,
+/// from the configured one up, whose recall@10 reaches the target, stored in the manifest.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ExpansionCalibration {
+    pub expansion_search: usize,
+    /// Recall@10 at that expansion (below the target only if [`MAX_EXPANSION_SEARCH`] was reached).
+    pub recall_at_10: f64,
+    pub target_recall: f64,
+    pub queries: usize,
+    pub seconds: f64,
 }
 
 /// Nearest-neighbour search over [`Vectors`].
@@ -139,7 +158,11 @@ fn hnsw_options(dim: usize, params: HnswParams) -> usearch::IndexOptions {
     usearch::IndexOptions {
         dimensions: dim,
         metric: usearch::MetricKind::IP,
-        quantization: usearch::ScalarKind::F32,
+        quantization: match params.vectors {
+            HnswVectors::F32 => usearch::ScalarKind::F32,
+            HnswVectors::F16 => usearch::ScalarKind::F16,
+            HnswVectors::I8 => usearch::ScalarKind::I8,
+        },
         connectivity: params.connectivity,
         expansion_add: params.expansion_add,
         expansion_search: params.expansion_search,
@@ -209,6 +232,75 @@ impl VectorIndex {
         }
         index.change_expansion_search(params.expansion_search);
         Ok(Self::Hnsw(index))
+    }
+
+    /// For an HNSW index: searches [`CALIBRATION_QUERIES`] evenly spread corpus rows (each one's
+    /// own row left out of its neighbours) with a growing search expansion, from `start` up by
+    /// half each time, until recall@10 against exact search reaches `target`; the index keeps
+    /// searching with the expansion found. The search expansion a recall needs grows with the
+    /// corpus, so a fixed default cannot hold it at every size. `None` for an exact index.
+    pub fn calibrate_expansion(
+        &self,
+        vectors: &Vectors,
+        start: usize,
+        target: f64,
+    ) -> Result<Option<ExpansionCalibration>> {
+        let Self::Hnsw(index) = self else {
+            return Ok(None);
+        };
+        let started = std::time::Instant::now();
+        let n = vectors.len();
+        let queries = CALIBRATION_QUERIES.min(n);
+        let rows: Vec<usize> = (0..queries).map(|i| i * n / queries).collect();
+        let truth = exact_neighbours_of_rows(vectors, &rows, 10, 65_536);
+        let mut expansion = start.clamp(1, MAX_EXPANSION_SEARCH);
+        loop {
+            index.change_expansion_search(expansion);
+            let mut hits = 0usize;
+            let mut wanted = 0usize;
+            for (&row, truth) in rows.iter().zip(&truth) {
+                let found = index
+                    .search(vectors.row(row), truth.len() + 1)
+                    .map_err(usearch_error)?;
+                let found: Vec<usize> = found
+                    .keys
+                    .iter()
+                    .map(|&k| k as usize)
+                    .filter(|&k| k != row)
+                    .take(truth.len())
+                    .collect();
+                hits += truth.iter().filter(|t| found.contains(t)).count();
+                wanted += truth.len();
+            }
+            let recall = if wanted == 0 {
+                1.0
+            } else {
+                hits as f64 / wanted as f64
+            };
+            if recall >= target || expansion >= MAX_EXPANSION_SEARCH {
+                return Ok(Some(ExpansionCalibration {
+                    expansion_search: expansion,
+                    recall_at_10: recall,
+                    target_recall: target,
+                    queries,
+                    seconds: started.elapsed().as_secs_f64(),
+                }));
+            }
+            expansion = (expansion + expansion.div_ceil(2)).min(MAX_EXPANSION_SEARCH);
+        }
+    }
+
+    /// Bytes of the index's data: the HNSW graph with its (possibly quantized) vectors as
+    /// serialized (what `index/hnsw.usearch` holds and a load brings into memory), or the exact
+    /// index's matrix.
+    pub fn data_bytes(&self) -> usize {
+        match self {
+            Self::Exact(m) => {
+                let m = lock(m);
+                m.numel() * m.kind().elt_size_in_bytes()
+            }
+            Self::Hnsw(index) => index.serialized_length(),
+        }
     }
 
     pub fn kind(&self) -> IndexKind {
@@ -296,6 +388,57 @@ impl VectorIndex {
     }
 }
 
+/// The `k` nearest rows (by inner product, exactly) to each of `rows`, the row itself left out:
+/// one matrix product per block of the corpus, so the corpus is never copied whole.
+fn exact_neighbours_of_rows(
+    vectors: &Vectors,
+    rows: &[usize],
+    k: usize,
+    block: usize,
+) -> Vec<Vec<usize>> {
+    let dim = vectors.dim() as i64;
+    let _guard = tch::no_grad_guard();
+    let queries: Vec<f32> = rows.iter().flat_map(|&r| vectors.row(r)).copied().collect();
+    let queries = Tensor::from_slice(&queries).view([rows.len() as i64, dim]);
+    let mut best: Option<(Tensor, Tensor)> = None;
+    let mut start = 0;
+    while start < vectors.len() {
+        let end = (start + block).min(vectors.len());
+        let block =
+            Tensor::from_slice(&vectors.as_slice()[start * vectors.dim()..end * vectors.dim()])
+                .view([(end - start) as i64, dim]);
+        let scores = queries.matmul(&block.tr());
+        let (values, indices) = scores.topk(((k + 1).min(end - start)) as i64, 1, true, true);
+        let indices = indices + start as i64;
+        best = Some(match best {
+            None => (values, indices),
+            Some((v, i)) => {
+                let v = Tensor::cat(&[v, values], 1);
+                let i = Tensor::cat(&[i, indices], 1);
+                let (top, at) = v.topk(((k + 1) as i64).min(v.size()[1]), 1, true, true);
+                (top, i.gather(1, &at, false))
+            }
+        });
+        start = end;
+    }
+    let Some((_, indices)) = best else {
+        return vec![Vec::new(); rows.len()];
+    };
+    let width = indices.size()[1] as usize;
+    let flat = Vec::<i64>::try_from(indices.flatten(0, -1)).expect("int64 indices");
+    flat.chunks(width)
+        .zip(rows)
+        .map(|(found, &row)| {
+            found
+                .iter()
+                .map(|&i| i as usize)
+                .filter(|&i| i != row)
+                .take(k)
+                .collect()
+        })
+        .collect()
+}
+
 /// `v` scaled to unit length (zero stays zero).
 pub fn unit(v: &[f32]) -> Vec<f32> {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
@@ -372,6 +515,7 @@ mod tests {
             connectivity: 16,
             expansion_add: 128,
             expansion_search: 64,
+            vectors: HnswVectors::F32,
         };
         let hnsw = VectorIndex::build_hnsw(&v, params, 2).expect("build");
         let exact = VectorIndex::exact(&v);
@@ -394,5 +538,96 @@ mod tests {
         assert_eq!(loaded.len(), 2000);
         assert_eq!(loaded.search(&queries, 10).expect("search"), found);
         assert!(VectorIndex::load_hnsw(&bytes[..bytes.len() / 2], 32, params).is_err());
+    }
+
+    #[test]
+    fn exact_neighbours_leave_the_row_out_and_blocks_change_nothing() {
+        let v = random_vectors(1000, 16, 3);
+        let rows = [0, 17, 999];
+        let one_block = exact_neighbours_of_rows(&v, &rows, 10, 65_536);
+        assert_eq!(one_block, exact_neighbours_of_rows(&v, &rows, 10, 97));
+        let truth = VectorIndex::exact(&v)
+            .search(&rows.map(|r| v.row(r).to_vec()), 11)
+            .expect("exact");
+        for ((found, &row), truth) in one_block.iter().zip(&rows).zip(&truth) {
+            // The row itself is its own nearest; the next ten are its neighbours.
+            assert_eq!(truth[0].row, row);
+            let want: Vec<usize> = truth[1..].iter().map(|n| n.row).collect();
+            assert_eq!(found, &want);
+        }
+    }
+
+    #[test]
+    fn calibration_widens_the_search_until_the_target_recall() {
+        // Random 32-d vectors are hard for a graph: a search expansion of 1 misses many.
+        let v = random_vectors(3000, 32, 5);
+        let params = HnswParams {
+            connectivity: 8,
+            expansion_add: 32,
+            expansion_search: 1,
+            vectors: HnswVectors::F32,
+        };
+        let hnsw = VectorIndex::build_hnsw(&v, params, 2).expect("build");
+        let low = hnsw
+            .calibrate_expansion(&v, 1, 0.0001)
+            .expect("calibrates")
+            .expect("hnsw");
+        assert_eq!(
+            low.expansion_search, 1,
+            "the start already meets a low target"
+        );
+        assert!(
+            low.recall_at_10 < 0.99,
+            "expansion 1 is not enough: {low:?}"
+        );
+        let calibrated = hnsw
+            .calibrate_expansion(&v, 1, 0.99)
+            .expect("calibrates")
+            .expect("hnsw");
+        assert!(calibrated.recall_at_10 >= 0.99, "{calibrated:?}");
+        assert!(calibrated.expansion_search > 1, "{calibrated:?}");
+        assert_eq!(calibrated.queries, CALIBRATION_QUERIES);
+        // The index keeps the calibrated expansion: fresh queries now reach about the target too.
+        let queries: Vec<Vec<f32>> = (0..100)
+            .map(|i| random_vectors(1, 32, 100 + i).row(0).to_vec())
+            .collect();
+        let truth = VectorIndex::exact(&v).search(&queries, 10).expect("exact");
+        let found = hnsw.search(&queries, 10).expect("hnsw");
+        assert!(recall(&found, &truth) >= 0.97, "{}", recall(&found, &truth));
+        // An exact index has nothing to calibrate.
+        assert!(
+            VectorIndex::exact(&v)
+                .calibrate_expansion(&v, 1, 0.99)
+                .expect("exact")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn f16_and_i8_graphs_are_smaller_and_still_find_neighbours() {
+        let v = random_vectors(2000, 64, 9);
+        let queries: Vec<Vec<f32>> = (0..50).map(|i| v.row(i * 31).to_vec()).collect();
+        let truth = VectorIndex::exact(&v).search(&queries, 10).expect("exact");
+        let mut memory = Vec::new();
+        for kind in [HnswVectors::F32, HnswVectors::F16, HnswVectors::I8] {
+            let params = HnswParams {
+                connectivity: 16,
+                expansion_add: 128,
+                expansion_search: 128,
+                vectors: kind,
+            };
+            let hnsw = VectorIndex::build_hnsw(&v, params, 2).expect("build");
+            let r = recall(&hnsw.search(&queries, 10).expect("search"), &truth);
+            assert!(r > 0.9, "{kind:?}: recall {r}");
+            let bytes = hnsw.hnsw_bytes().expect("save").expect("bytes");
+            let loaded = VectorIndex::load_hnsw(&bytes, 64, params).expect("load");
+            assert_eq!(
+                loaded.search(&queries, 10).expect("search"),
+                hnsw.search(&queries, 10).expect("search"),
+                "{kind:?} round trip"
+            );
+            memory.push(hnsw.data_bytes());
+        }
+        assert!(memory[1] < memory[0] && memory[2] < memory[1], "{memory:?}");
     }
 }

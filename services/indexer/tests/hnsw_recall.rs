@@ -13,6 +13,7 @@ fn check(dim: usize) {
         connectivity: settings.hnsw_connectivity,
         expansion_add: settings.hnsw_expansion_add,
         expansion_search: settings.hnsw_expansion_search,
+        vectors: settings.hnsw_vectors,
     };
     let corpus = mixture(100_000, dim, 1000, 0.6, 1);
     let queries = mixture(200, dim, 1000, 0.6, 2);

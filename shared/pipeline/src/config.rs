@@ -325,6 +325,19 @@ pub enum ComputePrecision {
     Bf16,
 }
 
+/// How the HNSW graph stores its vectors (`index.hnsw_vectors`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum HnswVectors {
+    /// 4 bytes per value, as embedded.
+    #[default]
+    F32,
+    /// Half precision: half the memory.
+    F16,
+    /// 8-bit integers (USearch's scaling of unit vectors): a quarter of the memory.
+    I8,
+}
+
 /// The indexer: embedding a job's corpus, the vector index, topic clusters and the 2-D map.
 #[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
@@ -337,6 +350,9 @@ pub struct IndexSettings {
     pub hnsw_connectivity: usize,
     pub hnsw_expansion_add: usize,
     pub hnsw_expansion_search: usize,
+    /// Recall@10 the build calibrates the search expansion for (stored with the index).
+    pub hnsw_target_recall: f64,
+    pub hnsw_vectors: HnswVectors,
     pub clusters: usize,
     pub max_clusters: usize,
     pub cluster_labels: usize,
@@ -367,6 +383,9 @@ impl IndexSettings {
                 "index.hnsw_expansion_search",
                 "hnsw_expansion_add and hnsw_expansion_search must be at least 1",
             );
+        }
+        if !(self.hnsw_target_recall > 0.0 && self.hnsw_target_recall <= 1.0) {
+            return invalid("index.hnsw_target_recall", "must be in (0, 1]");
         }
         if !(2..=1000).contains(&self.max_clusters) {
             return invalid("index.max_clusters", "must be 2..=1000");
