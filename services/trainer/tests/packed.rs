@@ -1,12 +1,14 @@
 //! The packed (unpadded) encoder against the padded reference on the CPU: the same embeddings in
 //! fp32 (max abs difference ≤ 1e-5), the same MNRL gradients (relative difference ≤ 1e-4 in fp32
-//! over the whole gradient; ≤ 1e-10 for every parameter in fp64, i.e. the same math), on batches that mix title-length and abstract-length
-//! texts (the real seed pairs), for a random tiny BERT and for the real all-MiniLM-L6-v2; mean and
-//! [CLS] pooling; a batch with no padding at all (the packed encoder's no-scatter path).
+//! over the whole gradient; ≤ 1e-10 for every parameter in fp64, i.e. the same math), on batches
+//! that mix title-length and abstract-length texts (the real seed pairs), for a random tiny BERT
+//! and for the real all-MiniLM-L6-v2; mean and [CLS] pooling; a batch with no padding at all (the packed encoder's no-scatter path); and the
+//! grouping of similar lengths for attention.
 
 use std::path::PathBuf;
 
 use medembed_model::SentenceEncoder;
+use medembed_model::bert::PackedBatch;
 use medembed_model::testing::write_tiny_random_model;
 use medembed_trainer::loss::mnrl;
 use tch::{Device, Tensor};
@@ -145,6 +147,16 @@ fn check(load: &dyn Fn() -> SentenceEncoder, label: &str) {
     let shortest = mixed.iter().map(|t| t.len()).min().unwrap();
     let longest = mixed.iter().map(|t| t.len()).max().unwrap();
     assert!(longest >= 4 * shortest, "{shortest}..{longest} tokens");
+
+    // Attention pads similar lengths together: the mixed batch makes several groups, each of
+    // sequences at least half as long as its longest; equal lengths make one group, unpadded.
+    let packed = PackedBatch::new(&mixed, 0, Device::Cpu);
+    assert!(packed.groups.len() > 1, "{:?}", packed.groups);
+    for g in &packed.groups {
+        assert!(g.tokens * 2 >= g.sequences * g.longest, "{g:?}");
+    }
+    let equal = PackedBatch::new(&[d[0], d[0]], 0, Device::Cpu);
+    assert!(equal.groups.len() == 1 && equal.groups[0].padding.is_none());
 
     let embeddings = embedding_difference(encoder, &mixed);
     assert!(

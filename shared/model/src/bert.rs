@@ -7,11 +7,15 @@
 //! `[tokens, hidden]` tensor of its real tokens only, sequence after sequence ([`PackedBatch`]).
 //! Embeddings, every linear layer, LayerNorm, GELU and dropout run on it, so a title in a batch of
 //! abstracts costs its own 20 tokens, not the longest abstract's 256. Padding happens in one place:
-//! around attention, which needs `[batch, heads, longest, head_dim]`; the packed Q·K·V rows are
-//! scattered into that layout, attended with the padding keys masked, and gathered back. A batch
-//! whose sequences are all equally long skips even that (no scatter, no mask). Attention is the
+//! around attention, which needs `[sequences, heads, longest, head_dim]`. Sequences are packed
+//! longest first and cut into [`AttentionGroup`]s of similar length (each at least half its
+//! group's longest); each group's Q·K·V rows are scattered into its own padded layout, attended
+//! with the padding keys masked, and gathered back, so a title pads at most to twice its length,
+//! never to an abstract's. A group whose sequences are equally long skips even that (no scatter,
+//! no mask), and a batch of similar lengths is one group. libtorch's SDPA has no variable-length
+//! form (flash-attention's varlen kernel is CUDA-only and not a public op); attention is the
 //! smaller part of the work (about `longest / 6·hidden` of a layer's FLOPs: 11 % for MiniLM at 256
-//! tokens), and libtorch's SDPA has no variable-length form, so padding it costs little.
+//! tokens), so the little padding left costs little.
 //!
 //! **Fewer kernels:** Q, K and V are one GEMM (their weights concatenated per forward pass: a copy
 //! of 3·hidden² values against a GEMM over every token, and the checkpoint keeps Hugging Face's
@@ -107,25 +111,39 @@ struct Layer {
 }
 
 /// A batch of token id lists in the packed layout of [`Bert::forward_packed`]: only real tokens,
-/// sequence after sequence, with what attention and pooling need to find each sequence again.
+/// sequence after sequence (longest first), with what attention and pooling need to find each
+/// sequence again.
 #[derive(Debug)]
 pub struct PackedBatch {
     /// Every token's id: `[tokens]`.
     pub ids: Tensor,
     /// Each token's position in its own sequence: `[tokens]`.
     pub positions: Tensor,
-    /// Each token's sequence (its row of the batch): `[tokens]`.
+    /// Each token's sequence (its index in the batch as given): `[tokens]`.
     pub sequence: Tensor,
-    /// Index of each sequence's first token: `[batch]`.
+    /// Row of each sequence's first token, in the batch's order: `[batch]`.
     pub starts: Tensor,
-    /// Tokens per sequence, as floats: `[batch, 1]` (mean pooling divides by it).
+    /// Tokens per sequence, as floats, in the batch's order: `[batch, 1]`.
     pub lengths: Tensor,
-    /// Each token's row in the padded `[batch · longest]` layout attention works in, and the keys
-    /// each sequence may attend to (`[batch, 1, 1, longest]`, true = token); `None` when every
-    /// sequence is `longest` long, so the packed rows are the padded rows and nothing is masked.
-    pub padding: Option<(Tensor, Tensor)>,
+    /// The sequences attention pads together, longest first (see [`AttentionGroup`]).
+    pub groups: Vec<AttentionGroup>,
     pub batch: i64,
+}
+
+/// Sequences of similar length that attention pads to their own longest: a sequence joins the
+/// group while it is at least half as long as the group's first (longest). So a title is never
+/// padded to an abstract's length, and a batch of similar lengths is one group.
+#[derive(Debug)]
+pub struct AttentionGroup {
+    /// The group's tokens are rows `start .. start + tokens` of the packed batch.
+    pub start: i64,
+    pub tokens: i64,
+    pub sequences: i64,
     pub longest: i64,
+    /// Each token's row in the group's padded `[sequences · longest]` layout, and the keys each
+    /// sequence may attend to (`[sequences, 1, 1, longest]`, true = token); `None` when every
+    /// sequence of the group is `longest` long (nothing to pad or mask).
+    pub padding: Option<(Tensor, Tensor)>,
 }
 
 impl PackedBatch {
@@ -137,45 +155,47 @@ impl PackedBatch {
             .iter()
             .map(|ids| if ids.is_empty() { &pad[..] } else { *ids })
             .collect();
-        let longest = rows.iter().map(|r| r.len()).max().unwrap_or(1);
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        order.sort_by_key(|&s| std::cmp::Reverse(rows[s].len()));
         let total: usize = rows.iter().map(|r| r.len()).sum();
         let mut ids = Vec::with_capacity(total);
         let mut positions = Vec::with_capacity(total);
         let mut sequence = Vec::with_capacity(total);
-        let mut padded_rows = Vec::with_capacity(total);
-        let mut starts = Vec::with_capacity(rows.len());
-        let mut lengths = Vec::with_capacity(rows.len());
-        let mut attend = Vec::with_capacity(rows.len() * longest);
-        for (s, row) in rows.iter().enumerate() {
-            starts.push(ids.len() as i64);
-            lengths.push(row.len() as f32);
-            ids.extend_from_slice(row);
-            for p in 0..row.len() {
-                positions.push(p as i64);
-                sequence.push(s as i64);
-                padded_rows.push((s * longest + p) as i64);
+        let mut starts = vec![0i64; rows.len()];
+        let mut lengths = vec![0f32; rows.len()];
+        for &s in &order {
+            starts[s] = ids.len() as i64;
+            lengths[s] = rows[s].len() as f32;
+            ids.extend_from_slice(rows[s]);
+            positions.extend(0..rows[s].len() as i64);
+            sequence.extend(std::iter::repeat_n(s as i64, rows[s].len()));
+        }
+        // Groups over the sorted order.
+        let mut groups = Vec::new();
+        let mut first = 0;
+        while first < order.len() {
+            let longest = rows[order[first]].len();
+            let mut end = first + 1;
+            while end < order.len() && 2 * rows[order[end]].len() >= longest {
+                end += 1;
             }
-            attend.extend((0..longest).map(|p| p < row.len()));
+            let members = &order[first..end];
+            groups.push(AttentionGroup::new(
+                starts[members[0]],
+                members.iter().map(|&s| rows[s].len()).collect(),
+                device,
+            ));
+            first = end;
         }
         let batch_len = rows.len() as i64;
-        let longest = longest as i64;
-        let padding = (total as i64 != batch_len * longest).then(|| {
-            (
-                Tensor::from_slice(&padded_rows).to(device),
-                Tensor::from_slice(&attend)
-                    .view([batch_len, 1, 1, longest])
-                    .to(device),
-            )
-        });
         Self {
             ids: Tensor::from_slice(&ids).to(device),
             positions: Tensor::from_slice(&positions).to(device),
             sequence: Tensor::from_slice(&sequence).to(device),
             starts: Tensor::from_slice(&starts).to(device),
             lengths: Tensor::from_slice(&lengths).view([batch_len, 1]).to(device),
-            padding,
+            groups,
             batch: batch_len,
-            longest,
         }
     }
 
@@ -184,8 +204,8 @@ impl PackedBatch {
         self.ids.size()[0]
     }
 
-    /// Mean of each sequence's rows of `hidden` (`[tokens, hidden]` → `[batch, hidden]`): a sum
-    /// per segment, divided by the sequence's length.
+    /// Mean of each sequence's rows of `hidden` (`[tokens, hidden]` → `[batch, hidden]`, in the
+    /// batch's order): a sum per segment, divided by the sequence's length.
     pub fn mean_pool(&self, hidden: &Tensor) -> Tensor {
         let width = hidden.size()[1];
         Tensor::zeros([self.batch, width], (hidden.kind(), hidden.device())).index_add(
@@ -195,9 +215,75 @@ impl PackedBatch {
         ) / self.lengths.to_kind(hidden.kind())
     }
 
-    /// Each sequence's first row of `hidden` ([CLS]): `[batch, hidden]`.
+    /// Each sequence's first row of `hidden` ([CLS]): `[batch, hidden]`, in the batch's order.
     pub fn first_tokens(&self, hidden: &Tensor) -> Tensor {
         hidden.index_select(0, &self.starts)
+    }
+}
+
+impl AttentionGroup {
+    /// The group of sequences of these `lengths` (longest first) whose tokens start at packed
+    /// row `start`.
+    fn new(start: i64, lengths: Vec<usize>, device: Device) -> Self {
+        let longest = lengths[0];
+        let tokens: usize = lengths.iter().sum();
+        let padding = (tokens != lengths.len() * longest).then(|| {
+            let mut padded_rows = Vec::with_capacity(tokens);
+            let mut attend = Vec::with_capacity(lengths.len() * longest);
+            for (s, &len) in lengths.iter().enumerate() {
+                padded_rows.extend((0..len).map(|p| (s * longest + p) as i64));
+                attend.extend((0..longest).map(|p| p < len));
+            }
+            (
+                Tensor::from_slice(&padded_rows).to(device),
+                Tensor::from_slice(&attend)
+                    .view([lengths.len() as i64, 1, 1, longest as i64])
+                    .to(device),
+            )
+        });
+        Self {
+            start,
+            tokens: tokens as i64,
+            sequences: lengths.len() as i64,
+            longest: longest as i64,
+            padding,
+        }
+    }
+
+    /// Attention of the group's packed Q·K·V rows (`[tokens, 3·hidden]`) → context `[tokens,
+    /// hidden]`: scattered into the padded layout (zeros in the padding rows: masked keys),
+    /// attended, gathered back.
+    fn attend(&self, qkv: &Tensor, heads: i64, dropout: f64) -> Tensor {
+        let hidden = qkv.size()[1] / 3;
+        let (rows, longest) = (self.sequences, self.longest);
+        let padded = match &self.padding {
+            Some((padded_rows, _)) => Tensor::zeros(
+                [rows * longest, 3 * hidden],
+                (qkv.kind(), qkv.device()),
+            )
+            .index_copy(0, padded_rows, qkv),
+            None => qkv.shallow_clone(),
+        };
+        // [sequences, longest, (q|k|v), heads, head_dim] → [(q|k|v), sequences, heads, longest, head_dim]
+        let qkv = padded
+            .view([rows, longest, 3, heads, hidden / heads])
+            .permute([2, 0, 3, 1, 4]);
+        let context = Tensor::scaled_dot_product_attention(
+            &qkv.get(0),
+            &qkv.get(1),
+            &qkv.get(2),
+            self.padding.as_ref().map(|(_, attend)| attend),
+            dropout,
+            false,
+            None,
+            false,
+        )
+        .transpose(1, 2)
+        .reshape([rows * longest, hidden]);
+        match &self.padding {
+            Some((padded_rows, _)) => context.index_select(0, padded_rows),
+            None => context,
+        }
     }
 }
 
@@ -308,41 +394,19 @@ impl Bert {
             + self.token_type_embeddings.ws.get(0))
         .apply(&self.embeddings_norm)
         .dropout(0.1, train);
-        let hidden = x.size()[1];
-        let head_dim = hidden / self.heads;
-        let (rows, longest) = (batch.batch, batch.longest);
         let kind = self.compute;
         let dropout = if train { 0.1 } else { 0.0 };
         for layer in &self.layers {
             let qkv = fused_forward_as([&layer.query, &layer.key, &layer.value], &x, kind);
-            // Into the padded layout for attention (zeros in the padding rows: masked keys).
-            let qkv = match &batch.padding {
-                Some((padded_rows, _)) => {
-                    Tensor::zeros([rows * longest, 3 * hidden], (qkv.kind(), qkv.device()))
-                        .index_copy(0, padded_rows, &qkv)
-                }
-                None => qkv,
-            };
-            // [batch, longest, (q|k|v), heads, head_dim] → [(q|k|v), batch, heads, longest, head_dim]
-            let qkv = qkv
-                .view([rows, longest, 3, self.heads, head_dim])
-                .permute([2, 0, 3, 1, 4]);
-            let context = Tensor::scaled_dot_product_attention(
-                &qkv.get(0),
-                &qkv.get(1),
-                &qkv.get(2),
-                batch.padding.as_ref().map(|(_, attend)| attend),
-                dropout,
-                false,
-                None,
-                false,
-            )
-            .transpose(1, 2)
-            .reshape([rows * longest, hidden]);
-            // Back to the packed rows.
-            let context = match &batch.padding {
-                Some((padded_rows, _)) => context.index_select(0, padded_rows),
-                None => context,
+            let context = if let [group] = batch.groups.as_slice() {
+                group.attend(&qkv, self.heads, dropout)
+            } else {
+                let parts: Vec<Tensor> = batch
+                    .groups
+                    .iter()
+                    .map(|g| g.attend(&qkv.narrow(0, g.start, g.tokens), self.heads, dropout))
+                    .collect();
+                Tensor::cat(&parts, 0)
             };
             // Residual sums promote to fp32, so LayerNorm always sees fp32.
             let attended = (layer
