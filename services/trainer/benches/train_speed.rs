@@ -11,6 +11,9 @@
 //! - **mixed length**: title → abstract pairs of the Alzheimer sample's corpus (samples/alzheimer/
 //!   dev), encoding 256 of the sample's dev queries (short queries, as search sends them).
 //!
+//! Beside them, MNRL forward and backward alone (fp32) through the packed encoder and through the
+//! padded reference (`SentenceEncoder::forward_padded`): the unpadding's own effect.
+//!
 //! The Python side is `st_reference.py` (fp32, its defaults), run with `MEDEMBED_BENCH_PYTHON` (a
 //! venv with sentence-transformers, outside the project). Prints one JSON line per case and model.
 //!
@@ -29,6 +32,7 @@ use medembed_pipeline::store::LocalStore;
 use medembed_pipeline::testing::peak_rss_mib;
 use medembed_trainer::checkpoint::StoreCheckpoints;
 use medembed_trainer::data::{LabelledPair, read_pairs};
+use medembed_trainer::loss::mnrl;
 use medembed_trainer::train::{Quiet, Run, TrainInputs};
 use tokio_util::sync::CancellationToken;
 
@@ -186,6 +190,39 @@ fn train_rate(
     )
 }
 
+/// Pairs per second of MNRL forward and backward alone (no optimizer) over `pairs` in batches of
+/// BATCH, through the packed encoder or the padded reference: the unpadding's own effect, in the
+/// same run.
+fn encoder_pass_rate(encoder: &SentenceEncoder, pairs: &[LabelledPair], packed: bool) -> f64 {
+    let side = |texts: Vec<&str>| encoder.tokenize(&texts).expect("tokenize");
+    let a = side(pairs.iter().map(|p| p.text_a.as_str()).collect());
+    let b = side(pairs.iter().map(|p| p.text_b.as_str()).collect());
+    let forward = |ids: &[Vec<i64>]| {
+        let batch: Vec<&[i64]> = ids.iter().map(Vec::as_slice).collect();
+        if packed {
+            encoder.forward(&batch, true)
+        } else {
+            encoder.forward_padded(&batch, true)
+        }
+    };
+    let pass = |from: usize, to: usize| {
+        mnrl(
+            &forward(&a[from..to]),
+            &forward(&b[from..to]),
+            None,
+            20.0,
+            false,
+        )
+        .backward();
+    };
+    pass(0, BATCH);
+    let started = Instant::now();
+    for from in (BATCH..pairs.len()).step_by(BATCH) {
+        pass(from, (from + BATCH).min(pairs.len()));
+    }
+    (pairs.len() - BATCH) as f64 / started.elapsed().as_secs_f64()
+}
+
 fn main() {
     let python = std::env::var("MEDEMBED_BENCH_PYTHON").expect(
         "MEDEMBED_BENCH_PYTHON: a python with sentence-transformers (e.g. a venv outside the project)",
@@ -232,6 +269,9 @@ fn main() {
             );
             encoder.set_max_seq_length(MAX_LEN).expect("max len");
             let w = work(&encoder, pairs, &case.texts);
+            encoder.set_precision(Precision::Fp32);
+            let padded_pass = encoder_pass_rate(&encoder, pairs, false);
+            let packed_pass = encoder_pass_rate(&encoder, pairs, true);
             let refs: Vec<&str> = case.texts.iter().map(String::as_str).collect();
             let mut encode = |precision: Precision| {
                 encoder.set_precision(precision);
@@ -298,6 +338,11 @@ fn main() {
                         "real_tokens_per_s": auto_train * w.train_tokens_per_pair,
                         "mfu": train_mfu(auto_train, auto),
                         "speedup_vs_baseline": auto_train / their_train,
+                    },
+                    "fp32_forward_backward_pairs_per_s": {
+                        "packed": packed_pass,
+                        "padded_reference": padded_pass,
+                        "speedup": packed_pass / padded_pass,
                     },
                     "encode_fp32": {
                         "texts_per_s": fp32_encode,

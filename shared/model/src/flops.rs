@@ -53,7 +53,8 @@ impl ModelFlops {
 /// (Linux `/proc/cpuinfo`), with how it was worked out; `None` where the CPU is not recognized.
 ///
 /// Per core and cycle: fp32 FMA units × lanes × 2 — 32 for AVX2 (two 256-bit FMA units), 64 for
-/// AVX-512 on Intel (two 512-bit units), 32 on AMD Zen 4 (AVX-512 runs on 256-bit units); bf16
+/// AVX-512 on Intel and AMD Zen 5 (`cpu family` 26: two 512-bit units), 32 on AMD Zen 4 (AVX-512
+/// runs on 256-bit units); bf16
 /// twice the fp32 figure with `avx512_bf16` (each lane a dot product of two bf16 pairs), 1,024
 /// with Intel AMX tiles. The clock is the one /proc/cpuinfo reports (a VM's nominal clock).
 pub fn cpu_peak_flops(precision: crate::Precision, cores: usize) -> Option<(f64, String)> {
@@ -71,11 +72,14 @@ pub fn cpu_peak_flops(precision: crate::Precision, cores: usize) -> Option<(f64,
     let has = |f: &str| flags.iter().any(|g| g == f);
     let mhz: f64 = field("cpu MHz")?.parse().ok()?;
     let amd = field("vendor_id").is_some_and(|v| v == "AuthenticAMD");
+    let family: u32 = field("cpu family")
+        .and_then(|f| f.parse().ok())
+        .unwrap_or(0);
     let model = field("model name").unwrap_or_default();
-    let (fp32, isa) = if has("avx512f") && !amd {
+    let (fp32, isa) = if has("avx512f") && (!amd || family >= 26) {
         (64.0, "AVX-512, two 512-bit FMA units")
     } else if has("avx512f") {
-        (32.0, "AVX-512 on 256-bit FMA units (AMD)")
+        (32.0, "AVX-512 on 256-bit FMA units (AMD Zen 4)")
     } else if has("avx2") && has("fma") {
         (32.0, "AVX2, two 256-bit FMA units")
     } else {
@@ -95,7 +99,7 @@ pub fn cpu_peak_flops(precision: crate::Precision, cores: usize) -> Option<(f64,
     let peak = per_cycle * mhz * 1e6 * cores as f64;
     Some((
         peak,
-        format!("{model}, {cores} cores × {mhz:.0} MHz × {how}"),
+        format!("{model} (family {family}), {cores} cores × {mhz:.0} MHz × {how}"),
     ))
 }
 
