@@ -110,6 +110,34 @@ struct Layer {
     output_norm: nn::LayerNorm,
 }
 
+impl Layer {
+    /// The rest of the layer after attention, on any layout (packed `[tokens, hidden]` or padded
+    /// `[batch, seq, hidden]`): output projection + residual + LayerNorm, then the GELU
+    /// feed-forward + residual + LayerNorm. Residual sums promote to fp32, so LayerNorm always
+    /// sees fp32.
+    fn after_attention(
+        &self,
+        context: &Tensor,
+        x: &Tensor,
+        kind: Kind,
+        gelu_approximate: &str,
+        train: bool,
+    ) -> Tensor {
+        let attended = (self
+            .attention_out
+            .forward_as(context, kind)
+            .dropout(0.1, train)
+            + x)
+            .apply(&self.attention_norm);
+        let inner = self
+            .intermediate
+            .forward_as(&attended, kind)
+            .gelu(gelu_approximate);
+        (self.output.forward_as(&inner, kind).dropout(0.1, train) + &attended)
+            .apply(&self.output_norm)
+    }
+}
+
 /// A batch of token id lists in the packed layout of [`Bert::forward_packed`]: only real tokens,
 /// sequence after sequence (longest first), with what attention and pooling need to find each
 /// sequence again.
@@ -408,19 +436,7 @@ impl Bert {
                     .collect();
                 Tensor::cat(&parts, 0)
             };
-            // Residual sums promote to fp32, so LayerNorm always sees fp32.
-            let attended = (layer
-                .attention_out
-                .forward_as(&context, kind)
-                .dropout(0.1, train)
-                + &x)
-                .apply(&layer.attention_norm);
-            let inner = layer
-                .intermediate
-                .forward_as(&attended, kind)
-                .gelu(self.gelu_approximate);
-            x = (layer.output.forward_as(&inner, kind).dropout(0.1, train) + &attended)
-                .apply(&layer.output_norm);
+            x = layer.after_attention(&context, &x, kind, self.gelu_approximate, train);
         }
         x
     }
@@ -462,19 +478,7 @@ impl Bert {
             .transpose(1, 2)
             .contiguous()
             .view([batch, seq, hidden]);
-            // Residual sums promote to fp32, so LayerNorm always sees fp32.
-            let attended = (layer
-                .attention_out
-                .forward_as(&context, kind)
-                .dropout(0.1, train)
-                + &x)
-                .apply(&layer.attention_norm);
-            let inner = layer
-                .intermediate
-                .forward_as(&attended, kind)
-                .gelu(self.gelu_approximate);
-            x = (layer.output.forward_as(&inner, kind).dropout(0.1, train) + &attended)
-                .apply(&layer.output_norm);
+            x = layer.after_attention(&context, &x, kind, self.gelu_approximate, train);
         }
         x
     }
