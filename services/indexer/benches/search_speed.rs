@@ -2,14 +2,14 @@
 //! 1,000 topics, see `synthetic`): for each corpus size, the exact index (the baseline, measured
 //! in the same run) and the HNSW index with the default settings, built as the index stage builds
 //! it (the search expansion calibrated on corpus rows for `index.hnsw_target_recall`), for each
-//! way of storing the graph's vectors (f32, f16, i8): one fresh query at a time as the api
+//! way of storing the graph's vectors (f32, f16): one fresh query at a time as the api
 //! searches, p50 and p99 latency and recall@10 against exact at the calibrated expansion and at
 //! the configured one (`index.hnsw_expansion_search`), build and calibration time, the graph's
 //! size with its vectors. At 100k the pure-Rust `hnsw_rs` with the same parameters is measured too (the crate
 //! not chosen). One JSON line per size and vector kind.
 //!
 //! `cargo bench -p medembed-indexer --bench search_speed` (sizes: MEDEMBED_BENCH_SIZES, default
-//! `100000,1000000`; kinds: MEDEMBED_BENCH_HNSW_VECTORS, default `f32,f16,i8`; 1M vectors need
+//! `100000,1000000`; kinds: MEDEMBED_BENCH_HNSW_VECTORS, default `f32,f16`; 1M vectors need
 //! about 12 GiB of memory and a 10-minute HNSW build per kind on 2 cores).
 
 use std::time::Instant;
@@ -61,13 +61,12 @@ fn main() {
         })
         .collect();
     let kinds: Vec<HnswVectors> = std::env::var("MEDEMBED_BENCH_HNSW_VECTORS")
-        .unwrap_or_else(|_| "f32,f16,i8".into())
+        .unwrap_or_else(|_| "f32,f16".into())
         .split(',')
         .map(|s| match s.trim() {
             "f32" => HnswVectors::F32,
             "f16" => HnswVectors::F16,
-            "i8" => HnswVectors::I8,
-            other => panic!("MEDEMBED_BENCH_HNSW_VECTORS: {other:?} is not f32, f16 or i8"),
+            other => panic!("MEDEMBED_BENCH_HNSW_VECTORS: {other:?} is not f32 or f16"),
         })
         .collect();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());

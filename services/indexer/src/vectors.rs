@@ -161,7 +161,6 @@ fn hnsw_options(dim: usize, params: HnswParams) -> usearch::IndexOptions {
         quantization: match params.vectors {
             HnswVectors::F32 => usearch::ScalarKind::F32,
             HnswVectors::F16 => usearch::ScalarKind::F16,
-            HnswVectors::I8 => usearch::ScalarKind::I8,
         },
         connectivity: params.connectivity,
         expansion_add: params.expansion_add,
@@ -604,12 +603,12 @@ mod tests {
     }
 
     #[test]
-    fn f16_and_i8_graphs_are_smaller_and_still_find_neighbours() {
+    fn an_f16_graph_is_smaller_and_still_finds_neighbours() {
         let v = random_vectors(2000, 64, 9);
         let queries: Vec<Vec<f32>> = (0..50).map(|i| v.row(i * 31).to_vec()).collect();
         let truth = VectorIndex::exact(&v).search(&queries, 10).expect("exact");
         let mut memory = Vec::new();
-        for kind in [HnswVectors::F32, HnswVectors::F16, HnswVectors::I8] {
+        for kind in [HnswVectors::F32, HnswVectors::F16] {
             let params = HnswParams {
                 connectivity: 16,
                 expansion_add: 128,
@@ -628,6 +627,6 @@ mod tests {
             );
             memory.push(hnsw.data_bytes());
         }
-        assert!(memory[1] < memory[0] && memory[2] < memory[1], "{memory:?}");
+        assert!(memory[1] < memory[0], "{memory:?}");
     }
 }

@@ -332,10 +332,9 @@ pub enum HnswVectors {
     /// 4 bytes per value, as embedded.
     #[default]
     F32,
-    /// Half precision: half the memory.
+    /// Half precision: half the memory. (8-bit integers are not offered: USearch's i8 lost too
+    /// much, recall@10 0.65 at 1M even at expansion 4,096; BENCHMARKS.md.)
     F16,
-    /// 8-bit integers (USearch's scaling of unit vectors): a quarter of the memory.
-    I8,
 }
 
 /// The indexer: embedding a job's corpus, the vector index, topic clusters and the 2-D map.
