@@ -152,6 +152,39 @@ fn adamw_matches_libtorch_and_spares_biases_and_layer_norms() {
         );
     }
 
+    // Clipping sees the gradients autograd wrote (they live in the optimizer's flat buffers after
+    // the first step) and scales the parameters' own gradients.
+    let grad_norm = |e: &SentenceEncoder| {
+        e.vs.trainable_variables()
+            .iter()
+            .map(|v| v.grad().square().sum(tch::Kind::Double).double_value(&[]))
+            .sum::<f64>()
+            .sqrt()
+    };
+    optimizer.zero_grad();
+    assert_eq!(grad_norm(&ours), 0.0, "zero_grad clears every gradient");
+    mnrl(
+        &ours.forward(&batch_a, false),
+        &ours.forward(&batch_b, false),
+        None,
+        20.0,
+        false,
+    )
+    .backward();
+    let norm = grad_norm(&ours);
+    assert!(norm > 0.0);
+    let reported = optimizer.clip_grad_norm(norm / 2.0);
+    assert!(
+        (reported - norm).abs() < 1e-4 * norm,
+        "clip reports {reported}, the gradients' norm is {norm}"
+    );
+    let clipped = grad_norm(&ours);
+    assert!(
+        (clipped - norm / 2.0).abs() < 1e-4 * norm,
+        "clipped to {clipped}, asked {}",
+        norm / 2.0
+    );
+
     // A loss with zero gradient everywhere: only weight decay moves anything.
     let fresh = tiny_encoder(&tmp.path().join("c"));
     let before: Vec<(String, Tensor)> = fresh
