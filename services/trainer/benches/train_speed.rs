@@ -2,14 +2,18 @@
 //! model FLOPs utilization (MFU: model FLOPs of the real tokens per second over the CPU's peak,
 //! `medembed_model::flops`).
 //!
-//! Two cases, for all-MiniLM-L6-v2 and a BERT-base-shaped model (random weights, 768 wide, 12
+//! Three cases, for all-MiniLM-L6-v2 and a BERT-base-shaped model (random weights, 768 wide, 12
 //! layers, 12 heads), MNRL training at batch 8, max length 256, through the trainer's own loop
 //! after warmup steps, in fp32 and in the trainer's default precision (`auto`: bf16 matmuls where
 //! the CPU has bf16 instructions), then `encode` in fp32 and in bf16:
 //! - **fixed length**: the first positives of train_small.csv (abstract → abstract, all longer
 //!   than 256 tokens), encoding 256 of those abstracts;
 //! - **mixed length**: title → abstract pairs of the Alzheimer sample's corpus (samples/alzheimer/
-//!   dev), encoding 256 of the sample's dev queries (short queries, as search sends them).
+//!   dev), encoding 256 of the sample's dev queries (short queries, as search sends them);
+//! - **pair mix**: the default job's mix of sources, three abstract → abstract pairs (the dev
+//!   set's judged citation and MeSH relations) to two title → abstract pairs (about the default
+//!   job's proportion on the sample), so one side of a batch mixes titles with abstracts: the case
+//!   where padding to the batch's longest text costs most. Encoding as in the mixed case.
 //!
 //! Beside them, MNRL forward and backward alone (fp32) through the packed encoder and through the
 //! padded reference (`SentenceEncoder::forward_padded`): the unpadding's own effect.
@@ -63,32 +67,76 @@ fn cases() -> Vec<Case> {
             .map(|l| serde_json::from_str(l).expect("JSON line"))
             .collect()
     };
-    let pairs = lines("corpus.jsonl")
+    let pair = |a: &str, b: &str, source: &str| LabelledPair {
+        text_a: a.to_string(),
+        text_b: b.to_string(),
+        label: 1.0,
+        source: source.into(),
+        id_a: String::new(),
+        id_b: String::new(),
+    };
+    let corpus = lines("corpus.jsonl");
+    let titled: Vec<(&str, &str, &str)> = corpus
         .iter()
         .filter_map(|d| {
             let title = d["title"].as_str().filter(|t| !t.is_empty())?;
             let text = d["text"].as_str().filter(|t| !t.is_empty())?;
-            Some(LabelledPair {
-                text_a: title.to_string(),
-                text_b: text.to_string(),
-                label: 1.0,
-                source: "title".into(),
-                id_a: String::new(),
-                id_b: String::new(),
-            })
+            Some((d["_id"].as_str()?, title, text))
         })
         .collect();
-    let queries = lines("queries.jsonl")
+    let title_pairs: Vec<LabelledPair> = titled
+        .iter()
+        .map(|(_, title, text)| pair(title, text, "title"))
+        .collect();
+    let queries: Vec<String> = lines("queries.jsonl")
         .iter()
         .take(256)
         .map(|q| q["text"].as_str().expect("query text").to_string())
         .collect();
+
+    // The default job's mix: relation pairs (abstract → abstract: the dev set's judged citation and
+    // MeSH relations) and title pairs, three to two, interleaved, no text twice. The anchor side
+    // of a batch mixes abstracts with titles, which the padded encoder pads to the abstracts'
+    // length.
+    let abstracts: std::collections::HashMap<&str, &str> =
+        titled.iter().map(|(id, _, text)| (*id, *text)).collect();
+    let relations = std::fs::read_to_string(dev.join("qrels/test.tsv")).expect("the dev qrels");
+    let mut used = std::collections::HashSet::new();
+    let mut relation_pairs = Vec::new();
+    for line in relations.lines().skip(1) {
+        let mut fields = line.split('\t');
+        let (Some(q), Some(d)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if let (Some(a), Some(b)) = (abstracts.get(q), abstracts.get(d))
+            && !used.contains(q)
+            && !used.contains(d)
+        {
+            used.insert(q);
+            used.insert(d);
+            relation_pairs.push(pair(a, b, "relation"));
+        }
+    }
+    let mut unused_titles = titled
+        .iter()
+        .filter(|(id, _, _)| !used.contains(id))
+        .map(|(_, title, text)| pair(title, text, "title"));
+    let mut mix = Vec::new();
+    for chunk in relation_pairs.chunks(3) {
+        mix.extend_from_slice(chunk);
+        mix.extend(unused_titles.by_ref().take(2));
+    }
     let mixed = Case {
         name: "mixed length (title → abstract)",
-        pairs,
+        pairs: title_pairs,
+        texts: queries.clone(),
+    };
+    let pair_mix = Case {
+        name: "pair mix (3 abstract → abstract : 2 title → abstract)",
+        pairs: mix,
         texts: queries,
     };
-    vec![fixed, mixed]
+    vec![fixed, mixed, pair_mix]
 }
 
 /// Model FLOPs of training on `pairs` and of encoding `texts`, per pair and per text, with the
@@ -240,7 +288,7 @@ fn main() {
         std::fs::write(&texts_json, serde_json::to_vec(&case.texts).expect("json")).expect("write");
         for (name, dir, warmup, steps) in [
             ("all-MiniLM-L6-v2", Path::new(&minilm).to_path_buf(), 2, 12),
-            ("bert-base-shaped (random)", base.clone(), 1, 4),
+            ("bert-base-shaped (random)", base.clone(), 2, 6),
         ] {
             let pairs = &case.pairs[..(warmup + steps) * BATCH];
             let pairs_json = tmp.path().join("pairs.json");
