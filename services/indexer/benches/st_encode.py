@@ -19,12 +19,9 @@ from sentence_transformers import SentenceTransformer
 
 
 def peak_rss_mib():
-    """This process's peak resident set (VmHWM). Not ru_maxrss: Linux carries that over exec from
-    the parent, so it reported the Rust benchmark's own peak."""
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return None
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the parent (the Rust benchmark).
+    status = open("/proc/self/status").read()
+    return int(status.split("VmHWM:")[1].split()[0]) / 1024
 
 
 def main():

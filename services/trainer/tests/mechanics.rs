@@ -122,17 +122,17 @@ fn adamw_matches_libtorch_and_spares_biases_and_layer_norms() {
     );
     let batch_a: Vec<&[i64]> = ids_a.iter().map(Vec::as_slice).collect();
     let batch_b: Vec<&[i64]> = ids_b.iter().map(Vec::as_slice).collect();
+    // Eval mode (no dropout), so both see the same gradients.
+    let loss = |e: &SentenceEncoder| {
+        mnrl(
+            &e.forward(&batch_a, false),
+            &e.forward(&batch_b, false),
+            None,
+            20.0,
+            false,
+        )
+    };
     for _ in 0..3 {
-        // Eval mode (no dropout), so both see the same gradients.
-        let loss = |e: &SentenceEncoder| {
-            mnrl(
-                &e.forward(&batch_a, false),
-                &e.forward(&batch_b, false),
-                None,
-                20.0,
-                false,
-            )
-        };
         reference.backward_step(&loss(&theirs));
         optimizer.zero_grad();
         loss(&ours).backward();
@@ -163,14 +163,7 @@ fn adamw_matches_libtorch_and_spares_biases_and_layer_norms() {
     };
     optimizer.zero_grad();
     assert_eq!(grad_norm(&ours), 0.0, "zero_grad clears every gradient");
-    mnrl(
-        &ours.forward(&batch_a, false),
-        &ours.forward(&batch_b, false),
-        None,
-        20.0,
-        false,
-    )
-    .backward();
+    loss(&ours).backward();
     let norm = grad_norm(&ours);
     assert!(norm > 0.0);
     let reported = optimizer.clip_grad_norm(norm / 2.0);
