@@ -54,9 +54,8 @@ impl ModelFlops {
 ///
 /// Per core and cycle: fp32 FMA units × lanes × 2 — 32 for AVX2 (two 256-bit FMA units), 64 for
 /// AVX-512 on Intel and AMD Zen 5 (`cpu family` 26: two 512-bit units), 32 on AMD Zen 4 (AVX-512
-/// runs on 256-bit units); bf16
-/// twice the fp32 figure with `avx512_bf16` (each lane a dot product of two bf16 pairs), 1,024
-/// with Intel AMX tiles. The clock is the one /proc/cpuinfo reports (a VM's nominal clock).
+/// runs on 256-bit units); bf16 twice the fp32 figure with `avx512_bf16` (each lane a dot product
+/// of two bf16 pairs), 1,024 with Intel AMX tiles. The clock is the one /proc/cpuinfo reports (a VM's nominal clock).
 pub fn cpu_peak_flops(precision: crate::Precision, cores: usize) -> Option<(f64, String)> {
     let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
     let field = |key: &str| {
